@@ -1,0 +1,1 @@
+"""Subcommands of the ``perface`` command line (see ``perface.cli``)."""

@@ -1,0 +1,117 @@
+"""``PerFace``: a differentiable face-similarity metric as an ``nn.Module`` (LPIPS-style)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .alignment import build_aligner
+from .archs import build_backbone
+from .pretrained import load_pretrained
+from .registry import DEFAULT_MODEL, ModelSpec
+from .tensor_input import to_unit_range
+
+__all__ = ["PerFace"]
+
+
+class PerFace(nn.Module):
+    """Perceptual face similarity between two batches of face images.
+
+    ``forward(x, y)`` returns the distance ``d = 1 - cos(f(x), f(y))`` per pair, shape (N,),
+    in [0, 2]; :meth:`similarity` returns the cosine in [-1, 1]; :meth:`embed` the
+    L2-normalized embeddings (N, D).
+
+    Inputs: RGB tensors (N, 3, H, W) or (3, H, W), floats in [0, 1] (or [-1, 1] with
+    ``value_range=(-1, 1)``), or uint8 0..255. Any H, W: with ``align="none"`` the input must
+    be a face crop aligned to the model's template (``self.template``) and is resized to
+    ``self.input_size``. Out-of-range input raises :class:`~perface.InputRangeError` unless
+    ``check_range=False``. ``x`` and ``y`` batches broadcast when one has N = 1.
+
+    Args:
+        model: registry name (see ``perface.list_models()``), Hub repo id or local checkpoint
+            directory. The default is the embedded identity baseline ``"sface"``.
+        value_range: range of float inputs, ``(0, 1)`` or ``(-1, 1)``.
+        check_range: check float inputs against ``value_range``.
+        align: how inputs reach the template (``"none"``: already aligned).
+        trainable: if False (default) the network is frozen and stays in eval mode even inside
+            a parent module switched to ``train()``; True for fine-tuning.
+    """
+
+    def __init__(
+        self,
+        model: Union[str, Path] = DEFAULT_MODEL,
+        *,
+        value_range: Tuple[float, float] = (0.0, 1.0),
+        check_range: bool = True,
+        align: str = "none",
+        trainable: bool = False,
+    ) -> None:
+        super().__init__()
+        spec, state_dict = load_pretrained(model)
+        self.spec: ModelSpec = spec
+        self.value_range = value_range
+        self.check_range = check_range
+        self.trainable = trainable
+        self.net = build_backbone(spec.arch, **spec.arch_kwargs)
+        self.net.load_state_dict(state_dict, strict=True)
+        self.aligner = build_aligner(align, template=spec.template, size=spec.input_size)
+        self.align = align
+        self.register_buffer("_mean", torch.tensor(spec.input_mean), persistent=False)
+        self.register_buffer("_std", torch.tensor(spec.input_std), persistent=False)
+        self.net.requires_grad_(trainable)
+        self.eval()
+
+    @classmethod
+    def from_pretrained(cls, model: Union[str, Path], **kwargs) -> "PerFace":
+        """Same as ``PerFace(model, **kwargs)``: a registry name, Hub repo id or local directory."""
+        return cls(model, **kwargs)
+
+    @property
+    def name(self) -> str:
+        """Name of the checkpoint that makes this metric's numbers (report it with results)."""
+        return self.spec.name
+
+    @property
+    def template(self) -> str:
+        """Landmark template the network was trained on (see ``perface.templates``)."""
+        return self.spec.template
+
+    @property
+    def input_size(self) -> int:
+        """Side of the square crop the network sees."""
+        return self.spec.input_size
+
+    @property
+    def embedding_size(self) -> int:
+        """Dimension D of :meth:`embed`'s output."""
+        return self.spec.embedding_size
+
+    def train(self, mode: bool = True) -> "PerFace":
+        """Switch the network to training mode only if ``trainable``; a frozen metric stays in eval."""
+        super().train(mode and self.trainable)
+        return self
+
+    def preprocess(self, x: torch.Tensor) -> torch.Tensor:
+        """Input contract -> aligned, resized, normalized network input (N, 3, S, S)."""
+        x = to_unit_range(x, self.value_range, self.check_range)
+        x = self.aligner(x.to(self._mean.device, self._mean.dtype))
+        return (x - self._mean) / self._std
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """L2-normalized embeddings (N, D) of images ``x`` (see the class docstring for inputs)."""
+        return F.normalize(self.net(self.preprocess(x)), dim=1)
+
+    def similarity(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Cosine similarity per pair, shape (N,), in [-1, 1]; higher looks more alike."""
+        return (self.embed(x) * self.embed(y)).sum(dim=1)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Distance ``1 - cos`` per pair, shape (N,), in [0, 2]; 0 for identical faces."""
+        return 1.0 - self.similarity(x, y)
+
+    def extra_repr(self) -> str:
+        return f"model={self.name!r}, template={self.template!r}, align={self.align!r}, trainable={self.trainable}"

@@ -1,0 +1,164 @@
+"""The registry of named checkpoints: what each is, where its weights live, how it was made.
+
+This module knows nothing about layers or downloads: an entry is data. ``perface.hub`` turns
+an entry's :class:`WeightsSource` into a local file; ``perface.archs`` builds the network.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Dict, List, Optional
+
+from .errors import UnknownModelError
+
+__all__ = ["WeightsSource", "ModelSpec", "MODELS", "DEFAULT_MODEL", "get_spec", "list_models", "register"]
+
+
+@dataclass(frozen=True)
+class WeightsSource:
+    """Where a checkpoint's weights live.
+
+    ``embedded``: a file shipped in ``perface/weights/``; ``hub``: ``filename`` in the Hugging
+    Face Hub repo ``repo_id`` at the pinned ``revision``. ``format`` is ``"safetensors"`` or
+    ``"pth"`` (a legacy pickle, loaded with ``weights_only=True`` and converted once).
+    """
+
+    kind: str  # "embedded" | "hub"
+    filename: str
+    sha256: str
+    size: int
+    repo_id: Optional[str] = None
+    revision: Optional[str] = None
+    format: str = "safetensors"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to build, feed and describe one checkpoint.
+
+    Inputs are RGB in [0, 1]; the network sees ``(x - input_mean) / input_std``, resized to
+    ``input_size`` and aligned to the named landmark ``template``.
+    """
+
+    name: str
+    arch: str
+    embedding_size: int
+    template: str
+    input_mean: float
+    input_std: float
+    license: str
+    trained_on: str
+    description: str
+    input_size: int = 112
+    arch_kwargs: Dict[str, Any] = field(default_factory=dict)
+    perceptual: bool = False
+    weights: Optional[WeightsSource] = None
+    scores: Dict[str, Any] = field(default_factory=dict)
+    citation: str = ""
+
+    def to_config(self) -> Dict[str, Any]:
+        """JSON-ready config (``config.json`` of a saved checkpoint), without the weights location."""
+        out = asdict(self)
+        out.pop("weights")
+        return out
+
+    @classmethod
+    def from_config(cls, config: Dict[str, Any]) -> "ModelSpec":
+        """Inverse of :meth:`to_config`; unknown keys are an error (incompatible config)."""
+        known = {f.name for f in fields(cls)} - {"weights"}
+        unknown = sorted(set(config) - known)
+        if unknown:
+            raise ValueError(f"config has unknown keys {unknown}; written by a newer perface? known: {sorted(known)}")
+        try:
+            return cls(**config)
+        except TypeError as exc:  # a required key is missing
+            raise ValueError(f"incompatible config: {exc}") from None
+
+
+_SFACE_CITATION = (
+    "Zhong, Y., Deng, W., Hu, J., Zhao, D., Li, X., Wen, D. SFace: Sigmoid-Constrained Hypersphere "
+    "Loss for Robust Face Recognition. IEEE TIP 30, 2021."
+)
+_ARCFACE_CITATION = (
+    "Deng, J., Guo, J., Xue, N., Zafeiriou, S. ArcFace: Additive Angular Margin Loss for Deep Face "
+    "Recognition. CVPR 2019."
+)
+
+MODELS: Dict[str, ModelSpec] = {}
+
+
+def register(spec: ModelSpec) -> ModelSpec:
+    """Add ``spec`` to the registry (by ``spec.name``) and return it."""
+    MODELS[spec.name] = spec
+    return spec
+
+
+register(ModelSpec(
+    name="sface",
+    arch="sface",
+    embedding_size=128,
+    template="arcface",
+    input_mean=0.5,
+    input_std=128.0 / 255.0,
+    license="Apache-2.0",
+    trained_on="CASIA-WebFace (face identification); OpenCV model zoo face_recognition_sface_2021dec",
+    description=(
+        "Identity baseline: SFace face-recognition embedding (MobileFaceNet-style, 128-d), not yet "
+        "fine-tuned on perceptual judgments. Compact and permissively licensed."
+    ),
+    weights=WeightsSource(
+        kind="embedded",
+        filename="sface.safetensors",
+        sha256="4c4326436add7366259f0d61561c6efe8ea318bd9b83d0ebb21cc7fd1c6fbb9e",
+        size=38686848,
+    ),
+    scores={"lfw_accuracy": 0.994, "lfw_accuracy_source": "OpenCV model zoo (int8bq model card)"},
+    citation=_SFACE_CITATION,
+))
+
+register(ModelSpec(
+    name="arcface-r50-ms1mv3",
+    arch="iresnet50",
+    embedding_size=512,
+    template="arcface",
+    input_mean=0.5,
+    input_std=0.5,
+    license="insightface: non-commercial research use only",
+    trained_on="MS1MV3 (face identification), insightface arcface_torch",
+    description=(
+        "The PerFace paper's initialization: insightface ArcFace iresnet50 trained on MS1MV3 "
+        "(512-d). An identity model: triplet accuracy 0.701 on SimCelebA per the paper."
+    ),
+    weights=WeightsSource(
+        kind="hub",
+        repo_id="camenduru/show",
+        filename="models/arcface/ms1mv3_arcface_r50_fp16.pth",
+        revision="main",
+        sha256="",
+        size=174680546,
+        format="pth",
+    ),
+    scores={"simceleba_triplet_accuracy": 0.701, "source": "PerFace paper, Table 1"},
+    citation=_ARCFACE_CITATION,
+))
+
+DEFAULT_MODEL = "sface"
+
+
+def list_models() -> List[str]:
+    """Names of every registered checkpoint."""
+    return sorted(MODELS)
+
+
+def get_spec(name: str) -> ModelSpec:
+    """The registry entry ``name``; raises :class:`UnknownModelError` suggesting close names."""
+    try:
+        return MODELS[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, MODELS, n=3, cutoff=0.4)
+        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+        raise UnknownModelError(
+            f"unknown model {name!r}.{hint} Registered models: {', '.join(list_models())}. "
+            "A local directory/file or a Hugging Face repo id ('org/repo[@revision]') works too."
+        ) from None

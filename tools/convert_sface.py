@@ -76,7 +76,7 @@ def convert(src: Path) -> dict:
     bn("features_bn", "fc1")
     # The graph normalizes its 0..255 input as (x - 127.5) * 0.0078125; perface.PerFace does the same.
     assert float(inits["scalar_op1"][0]) == 127.5 and float(inits["scalar_op2"][0]) == 0.0078125
-    return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sd.items()}
+    return {k: torch.from_numpy(np.array(v, order="C")) for k, v in sd.items()}  # np.array keeps 0-d shapes
 
 
 def main() -> None:
@@ -87,7 +87,7 @@ def main() -> None:
     sd = convert(args.onnx)
     SFace().load_state_dict(sd, strict=True)  # names and shapes must match exactly
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    save_file(sd, str(args.out), metadata={"format": "pt", "arch": "sface", "source": args.onnx.name})
+    save_file(sd, str(args.out), metadata={"format": "pt"})  # one key: multi-key metadata order (and sha256) varies
     write_provenance(args.out, {
         "source_file": args.onnx.name,
         "source_sha256": sha256_file(args.onnx),

@@ -13,13 +13,31 @@ from .errors import (
     UnknownModelError,
     WeightsUnavailableError,
 )
+from .hub import WeightsNotCachedError, WeightsNotFoundError
 from .model import PerFace
+from .pretrained import IncompatibleCheckpointError
 from .registry import list_models
+from .alignment import align_faces
+from .detection import Face, detect_faces
+from .imageio import load_image, load_images
+from .photos import EmbedResult, SimilarityResult, embed_images, similarity
+from .pool_rank import RankResult, rank
 
 __all__ = [
     "__version__",
     "PerFace",
     "list_models",
+    "load_image",
+    "load_images",
+    "detect_faces",
+    "Face",
+    "align_faces",
+    "similarity",
+    "embed_images",
+    "EmbedResult",
+    "SimilarityResult",
+    "rank",
+    "RankResult",
     "PerFaceError",
     "InputRangeError",
     "ImageReadError",
@@ -27,4 +45,7 @@ __all__ = [
     "UnknownModelError",
     "WeightsUnavailableError",
     "ChecksumMismatchError",
+    "WeightsNotCachedError",
+    "WeightsNotFoundError",
+    "IncompatibleCheckpointError",
 ]

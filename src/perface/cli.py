@@ -13,6 +13,12 @@ from ._version import __version__
 # name -> (module, one-line help)
 COMMANDS = {
     "similarity": ("perface.commands.similarity", "similarity of a reference face to one or more others"),
+    "rank": ("perface.commands.rank", "choose face-swap sources: rank a pool of photos against a target"),
+    "matrix": ("perface.commands.matrix", "heatmap of pairwise face similarity between photos"),
+    "embed-pool": ("perface.commands.embed_pool", "embed a pool of photos into its cache (whole, by shard, or merge shards)"),
+    "models": ("perface.commands.models", "list the checkpoints: status (embedded/cached/downloadable), size, license"),
+    "download": ("perface.commands.download", "fetch a checkpoint into the local cache for offline use"),
+    "verify": ("perface.commands.verify", "re-check the sha256 of embedded and cached weights"),
 }
 
 

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._malloc import tune_malloc
 from .alignment import build_aligner
 from .archs import build_backbone
 from .pretrained import load_pretrained
@@ -36,7 +37,14 @@ class PerFace(nn.Module):
             directory. The default is the embedded identity baseline ``"sface"``.
         value_range: range of float inputs, ``(0, 1)`` or ``(-1, 1)``.
         check_range: check float inputs against ``value_range``.
-        align: how inputs reach the template (``"none"``: already aligned).
+        align: how inputs reach the template. ``"none"``: already aligned to ``self.template``
+            (only resized). ``"detect"``: photos; RetinaFace finds the landmarks (no gradient)
+            and a differentiable similarity warp aligns the most prominent face, so gradients
+            reach the original pixels (raises :class:`~perface.NoFaceError` for a faceless
+            image). ``"ffhq"``, ``"arcface"``, ``"simceleba"``: square crops already aligned in
+            that format (FFHQ/CelebA-HQ 256/512/1024, ArcFace 112, SimCelebA 224, any size)
+            are converted to the model's template by a fixed warp, no detection: the per-step
+            loss mode for face-swap training. See ``docs/alignment.md``.
         trainable: if False (default) the network is frozen and stays in eval mode even inside
             a parent module switched to ``train()``; True for fine-tuning.
     """
@@ -64,11 +72,34 @@ class PerFace(nn.Module):
         self.register_buffer("_std", torch.tensor(spec.input_std), persistent=False)
         self.net.requires_grad_(trainable)
         self.eval()
+        tune_malloc()
 
     @classmethod
     def from_pretrained(cls, model: Union[str, Path], **kwargs) -> "PerFace":
         """Same as ``PerFace(model, **kwargs)``: a registry name, Hub repo id or local directory."""
         return cls(model, **kwargs)
+
+    def save_pretrained(self, directory: Union[str, Path], **overrides) -> Path:
+        """Write ``model.safetensors``, ``config.json`` and a model card ``README.md`` to ``directory``.
+
+        ``overrides`` replace checkpoint fields in the saved config/card (``name``, ``perceptual``,
+        ``trained_on``, ``scores``, ``description``, ``license``, ...). Reload with
+        ``PerFace.from_pretrained(directory)``. See :func:`perface.pretrained.save_pretrained`.
+        """
+        from .pretrained import save_pretrained
+
+        return save_pretrained(self, directory, **overrides)
+
+    def push_to_hub(self, repo_id: str, *, private: Optional[bool] = None, token: Optional[str] = None,
+                    commit_message: Optional[str] = None, **overrides):
+        """Save and upload this checkpoint to the Hugging Face Hub repo ``repo_id`` (created if needed).
+
+        Returns a :class:`perface.pretrained.PublishedCheckpoint` with the commit and sha256 to pin
+        in a registry entry. See :func:`perface.pretrained.push_to_hub`.
+        """
+        from .pretrained import push_to_hub
+
+        return push_to_hub(self, repo_id, private=private, token=token, commit_message=commit_message, **overrides)
 
     @property
     def name(self) -> str:
@@ -103,7 +134,13 @@ class PerFace(nn.Module):
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """L2-normalized embeddings (N, D) of images ``x`` (see the class docstring for inputs)."""
-        return F.normalize(self.net(self.preprocess(x)), dim=1)
+        x = self.preprocess(x)
+        # A backbone may ask for CPU batches in chunks (``cpu_chunk``; same results and gradients):
+        # not in training mode, where BatchNorm's batch statistics depend on the whole batch.
+        chunk = getattr(self.net, "cpu_chunk", None)
+        if chunk is None or self.net.training or x.device.type != "cpu" or x.shape[0] <= chunk:
+            return F.normalize(self.net(x), dim=1)
+        return F.normalize(torch.cat([self.net(part) for part in x.split(chunk)]), dim=1)
 
     def similarity(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Cosine similarity per pair, shape (N,), in [-1, 1]; higher looks more alike."""

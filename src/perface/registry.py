@@ -21,7 +21,10 @@ class WeightsSource:
 
     ``embedded``: a file shipped in ``perface/weights/``; ``hub``: ``filename`` in the Hugging
     Face Hub repo ``repo_id`` at the pinned ``revision``. ``format`` is ``"safetensors"`` or
-    ``"pth"`` (a legacy pickle, loaded with ``weights_only=True`` and converted once).
+    ``"pth"`` (a legacy pickle, loaded with ``weights_only=True`` and converted once to
+    safetensors in the cache). ``sha256`` pins the file's bytes; an empty ``sha256`` means
+    "not pinned": the first download is trusted and its hash recorded (trust on first use).
+    ``provenance`` says where the pinned revision and hash were confirmed.
     """
 
     kind: str  # "embedded" | "hub"
@@ -31,6 +34,7 @@ class WeightsSource:
     repo_id: Optional[str] = None
     revision: Optional[str] = None
     format: str = "safetensors"
+    provenance: str = ""
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,13 @@ class ModelSpec:
     weights: Optional[WeightsSource] = None
     scores: Dict[str, Any] = field(default_factory=dict)
     citation: str = ""
+
+    @property
+    def measures(self) -> str:
+        """What this checkpoint's similarity means: human-perceived likeness or identity."""
+        if self.perceptual:
+            return "perceptual similarity (fine-tuned on human judgments)"
+        return "identity similarity (face recognition, not perceptual)"
 
     def to_config(self) -> Dict[str, Any]:
         """JSON-ready config (``config.json`` of a saved checkpoint), without the weights location."""
@@ -110,8 +121,9 @@ register(ModelSpec(
     weights=WeightsSource(
         kind="embedded",
         filename="sface.safetensors",
-        sha256="4c4326436add7366259f0d61561c6efe8ea318bd9b83d0ebb21cc7fd1c6fbb9e",
-        size=38686848,
+        sha256="0f0fbaa20621cac2fb7d712a11539cb36d300d7e362cb282da56da4ea04fc3f4",
+        size=38686744,
+        provenance="converted by tools/convert_sface.py; see perface/weights/PROVENANCE.json",
     ),
     scores={"lfw_accuracy": 0.994, "lfw_accuracy_source": "OpenCV model zoo (int8bq model card)"},
     citation=_SFACE_CITATION,
@@ -134,10 +146,16 @@ register(ModelSpec(
         kind="hub",
         repo_id="camenduru/show",
         filename="models/arcface/ms1mv3_arcface_r50_fp16.pth",
-        revision="main",
-        sha256="",
+        revision="d95d9e7901b981d744390e052e05432499d3106c",
+        sha256="ef005ba502a2d0f40e7b94245054d3a23e375776f7035080fcbce45ae49cfb01",
         size=174680546,
         format="pth",
+        provenance=(
+            "revision: a public camenduru/show commit whose models/arcface/ folder (added in 3bbb319, "
+            "2023-06-13) is listed on the Hub; sha256: the Git LFS oid (size 174680546) of the same "
+            "insightface file in the Hub mirrors lithiumice/ArcFace_PyTorch and torphix/face. The r50 "
+            "blob page at this exact commit was not seen directly: a different file fails the check."
+        ),
     ),
     scores={"simceleba_triplet_accuracy": 0.701, "source": "PerFace paper, Table 1"},
     citation=_ARCFACE_CITATION,

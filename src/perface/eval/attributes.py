@@ -1,0 +1,205 @@
+"""``python -m perface.eval attributes``: the PerFace paper's attribute-group classification.
+
+The labels CSV has a ``file`` column (path relative to ``--images``) and one column per attribute
+(e.g. ``gender`` with values male/female, ``age`` with young/older); an empty cell leaves the image
+out of that attribute. Each attribute is one classification task whose groups are its values;
+``--combine gender age`` adds the intersection task ``gender&age`` (groups ``male&young``, ...).
+Each image is assigned to the group at the smallest distance (upper bound of the 95% CI of its
+distances ``1 - cos`` to the group's other images, see :mod:`perface.eval.groups`). Writes
+``report.md``, ``groups.csv``, ``predictions.csv`` and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+from dataclasses import asdict
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from ..registry import DEFAULT_MODEL
+from .groups import group_distances, group_scores
+
+__all__ = ["read_labels", "evaluate", "write_report", "add_arguments", "run"]
+
+Tasks = Dict[str, List[Optional[str]]]
+
+
+def read_labels(path: Path, attributes: Optional[Sequence[str]] = None,
+                combine: Sequence[Sequence[str]] = ()) -> Tuple[List[str], Tasks]:
+    """``(files, tasks)`` from a labels CSV: ``tasks[name][i]`` is file i's group or None.
+
+    ``attributes``: the columns to use (default every column but ``file``); ``combine``: lists
+    of columns whose values are joined with ``&`` into an intersection task.
+    """
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        rows = list(csv.DictReader(f))
+    columns = list(rows[0].keys()) if rows else []
+    if "file" not in columns:
+        raise ValueError(f"{path}: expected a 'file' column and one column per attribute, got {columns}")
+    attributes = list(attributes) if attributes else [c for c in columns if c != "file"]
+    for col in list(attributes) + [c for group in combine for c in group]:
+        if col not in columns:
+            raise ValueError(f"{path}: no column {col!r}; columns are {columns}")
+    files = [r["file"].strip() for r in rows]
+    tasks: Tasks = {a: [r[a].strip() or None for r in rows] for a in attributes}
+    for group in combine:
+        vals = [[r[c].strip() for c in group] for r in rows]
+        tasks["&".join(group)] = ["&".join(v) if all(v) else None for v in vals]
+    return files, tasks
+
+
+def _task_result(emb: torch.Tensor, values: List[Optional[str]], confidence: float, seed: int) -> Dict[str, object]:
+    from ..stats import bootstrap_ci
+
+    names = sorted({v for v in values if v is not None})
+    if len(names) < 2:
+        return {"skipped": f"needs at least 2 groups, found {names}", "groups": [], "accuracy": None,
+                "n": 0, "predictions": []}
+    labels = torch.tensor([names.index(v) if v is not None else -1 for v in values])
+    dist = group_distances(emb, labels, len(names), confidence)
+    res = group_scores(dist, labels, names)
+    pred = res.pop("predicted")
+    keep = labels >= 0
+    correct = (pred == labels[keep]).double().numpy()
+    return {
+        "groups": [asdict(g) for g in res["groups"]],
+        "accuracy": bootstrap_ci(correct, seed=seed).to_dict() if len(correct) else None,
+        "n": res["n"],
+        "predictions": [{"index": int(i), "true": names[int(labels[i])], "predicted": names[int(p)],
+                         "distances": {n: float(d) for n, d in zip(names, dist[i])}}
+                        for i, p in zip(torch.nonzero(keep).flatten(), pred)],
+    }
+
+
+def evaluate(
+    images: Path,
+    labels: Path,
+    models: Sequence[str] = (DEFAULT_MODEL,),
+    attributes: Optional[Sequence[str]] = None,
+    combine: Sequence[Sequence[str]] = (),
+    confidence: float = 0.95,
+    batch_size: int = 32,
+    num_workers: int = 0,
+    progress: bool = True,
+    seed: int = 0,
+) -> Dict[str, object]:
+    """Attribute-group classification of the labelled photos under each model (JSON-ready)."""
+    import perface
+
+    files, tasks = read_labels(labels, attributes, combine)
+    paths = [Path(images) / f for f in files]
+    report: Dict[str, object] = {"images": str(images), "labels": str(labels), "confidence": confidence,
+                                 "files": files, "tasks": list(tasks), "models": []}
+    for name in models:
+        model = perface.PerFace(name)
+        res = perface.embed_images([str(p) for p in paths], model=model, batch_size=batch_size,
+                                   num_workers=num_workers, progress=progress)
+        ok = res.ok
+        failures = [{"file": str(paths[i]), "reason": r} for i, r in sorted(res.errors.items())]
+        ok_idx = torch.nonzero(ok).flatten().tolist()
+        per_task = {}
+        for task, values in tasks.items():
+            out = _task_result(res.embeddings[ok], [values[i] for i in ok_idx], confidence, seed)
+            for p in out["predictions"]:
+                p["file"] = files[ok_idx[p.pop("index")]]
+            per_task[task] = out
+        report["models"].append({"model": model.name, "perceptual": bool(model.spec.perceptual),
+                                 "n_ok": len(ok_idx), "failures": failures, "tasks": per_task})
+    return report
+
+
+def _f(x: Optional[float]) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
+
+
+def _markdown(report: Dict[str, object]) -> str:
+    lines = ["# Attribute-group classification", "",
+             f"- images: `{report['images']}`, labels: `{report['labels']}`, {len(report['files'])} labelled files",
+             f"- distance to a group: upper bound of the {report['confidence']:.0%} CI of the per-image "
+             "distances 1 - cos (query excluded); nearest group wins. AUC: one-vs-rest, score = -distance.", ""]
+    for m in report["models"]:
+        lines += [f"## `{m['model']}` ({'perceptual' if m['perceptual'] else 'identity baseline'})", ""]
+        lines += ["| task | group | support | precision | recall | accuracy | AUC |", "|---|---|---|---|---|---|---|"]
+        for task, t in m["tasks"].items():
+            if "skipped" in t:
+                lines.append(f"| {task} | skipped: {t['skipped']} | | | | | |")
+                continue
+            for g in t["groups"]:
+                lines.append(f"| {task} | {g['group']} | {g['support']} | {_f(g['precision'])} | "
+                             f"{_f(g['recall'])} | {_f(g['accuracy'])} | {_f(g['auc'])} |")
+            acc = t["accuracy"]
+            overall = f"{acc['mean']:.3f} [{acc['ci_low']:.3f}, {acc['ci_high']:.3f}]" if acc else "n/a"
+            lines.append(f"| {task} | **all** | {t['n']} | | | {overall} | |")
+        lines += ["", f"Failures ({len(m['failures'])}):"] + (
+            [f"- `{f['file']}`: {f['reason']}" for f in m["failures"]] or ["- none"]) + [""]
+    return "\n".join(lines)
+
+
+def _json_safe(obj: object) -> object:
+    """NaN (precision of a group never predicted) and inf (distance to a group too small for an
+    interval) -> None, so the JSON is standard."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def write_report(report: Dict[str, object], out: Path) -> Dict[str, Path]:
+    """Write ``report.md``, ``groups.csv``, ``predictions.csv`` and ``summary.json`` into ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"markdown": out / "report.md", "groups": out / "groups.csv",
+             "predictions": out / "predictions.csv", "json": out / "summary.json"}
+    paths["markdown"].write_text(_markdown(report), encoding="utf-8")
+    paths["json"].write_text(json.dumps(_json_safe(report), indent=2), encoding="utf-8")
+    with open(paths["groups"], "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["model", "task", "group", "support", "precision", "recall", "accuracy", "auc"])
+        for m in report["models"]:
+            for task, t in m["tasks"].items():
+                for g in t["groups"]:
+                    w.writerow([m["model"], task, g["group"], g["support"],
+                                *(f"{g[k]:.6f}" for k in ("precision", "recall", "accuracy", "auc"))])
+    with open(paths["predictions"], "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["model", "task", "file", "true", "predicted", "distances"])
+        for m in report["models"]:
+            for task, t in m["tasks"].items():
+                for p in t["predictions"]:
+                    w.writerow([m["model"], task, p["file"], p["true"], p["predicted"],
+                                json.dumps({k: round(v, 6) for k, v in p["distances"].items()})])
+    return paths
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--images", required=True, type=Path, help="folder the labels' file paths are relative to")
+    parser.add_argument("--labels", required=True, type=Path,
+                        help="CSV with a 'file' column and one column per attribute (e.g. gender, age)")
+    parser.add_argument("--attribute", action="append", dest="attributes", metavar="COLUMN",
+                        help="attribute column to evaluate; repeat (default: every column but 'file')")
+    parser.add_argument("--combine", action="append", nargs="+", default=[], metavar="COLUMN",
+                        help="also evaluate the intersection of these columns (e.g. --combine gender age)")
+    parser.add_argument("--model", action="append", dest="models", metavar="NAME",
+                        help=f"checkpoint name or path; repeat for several (default {DEFAULT_MODEL})")
+    parser.add_argument("--confidence", type=float, default=0.95, help="CI level of the group distance")
+    parser.add_argument("--out", type=Path, default=Path("attributes_eval"), help="output folder")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers for photo loading")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    report = evaluate(args.images, args.labels, args.models or [DEFAULT_MODEL], args.attributes, args.combine,
+                      args.confidence, args.batch_size, args.workers, not args.quiet)
+    paths = write_report(report, args.out)
+    print(_markdown(report))
+    print("written: " + ", ".join(str(p) for p in paths.values()))
+    return 0

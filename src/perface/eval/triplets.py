@@ -1,0 +1,173 @@
+"""``python -m perface.eval triplets``: triplet accuracy of several models, with 95% CIs.
+
+A triplet counts as correct when the model finds the reference more similar to the face people
+chose than to the other one: ``sim(ref, pos) > sim(ref, neg)``. By default only unanimous
+(consistent) triplets are scored, as in the paper. One table, one row per model (the shape of
+the paper's Table 1), as markdown, CSV or JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+
+from ..stats import bootstrap_ci
+from ..train.data import TripletSet, load_triplets
+from ..train.dataset import TripletImages, align_photos
+from ..train.evaluate import triplet_correct, triplet_similarities
+from ..train.splits import make_split
+
+__all__ = ["evaluate_triplets", "format_table", "add_arguments", "run"]
+
+
+def _load_model(name: str, data_template: Optional[str], align: str, device: torch.device):
+    """The metric for ``name``; ``align="auto"`` converts crops whose template differs from the model's."""
+    from ..model import PerFace
+
+    metric = PerFace(name, check_range=False)
+    if align == "auto" and data_template is not None and data_template != metric.template:
+        metric = PerFace(name, check_range=False, align=data_template)
+    return metric.to(device).eval()
+
+
+def _groups(spec: Optional[str]) -> Optional[Dict[str, str]]:
+    """``FILE.csv:COLUMN`` -> {triplet id: group} (the id column is ``tripletId`` or ``id``)."""
+    if not spec:
+        return None
+    path, _, column = spec.rpartition(":")
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows or column not in rows[0]:
+        raise ValueError(f"--group-by {spec}: column {column!r} not in {path}")
+    key = "tripletId" if "tripletId" in rows[0] else "id"
+    return {row[key]: row[column] for row in rows}
+
+
+def evaluate_triplets(
+    models: Sequence[str],
+    triplets: TripletSet,
+    align: str = "auto",
+    groups: Optional[Dict[str, str]] = None,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    device: torch.device = torch.device("cpu"),
+    bootstrap: int = 10000,
+    seed: int = 0,
+    progress: bool = True,
+) -> List[Dict[str, Any]]:
+    """One row per (model, group): accuracy with bootstrap 95% CI over ``triplets``.
+
+    ``triplets`` must all have a majority answer (use ``.unanimous_only()`` for the paper's
+    protocol). ``groups``: triplet id -> group name; adds a row per group besides ``"all"``.
+    """
+    rows = []
+    for name in models:
+        metric = _load_model(name, triplets.template, align, device)
+        data, photos = triplets, None
+        if triplets.images == "photos":
+            data, photos = align_photos(triplets, metric.template, metric.input_size, progress=progress)
+        size = 224 if metric.align != "none" else metric.input_size  # converted crops keep their resolution
+        pos, neg = triplet_similarities(metric.embed, TripletImages(data, size, photos), batch_size, num_workers,
+                                        device, progress=progress, desc=f"{metric.name}")
+        correct = triplet_correct(pos, neg)
+        labels = {"all": list(range(len(data)))}
+        if groups is not None:
+            for i, t in enumerate(data.triplets):
+                labels.setdefault(groups.get(t.id, "(none)"), []).append(i)
+        for group, idx in labels.items():
+            if not idx:
+                continue
+            est = bootstrap_ci(correct[idx], n=bootstrap, seed=seed)
+            rows.append({"model": name, "checkpoint": metric.name, "template": metric.template,
+                         "align": metric.align, "group": group, "accuracy": est.mean, "ci_low": est.low,
+                         "ci_high": est.high, "n": est.n, "failed": len(triplets) - len(data)})
+    return rows
+
+
+def format_table(rows: List[Dict[str, Any]], fmt: str = "markdown") -> str:
+    """``rows`` of :func:`evaluate_triplets` as ``markdown`` (one row per model), ``csv`` or ``json``."""
+    if fmt == "json":
+        return json.dumps(rows, indent=2) + "\n"
+    if fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["model"], lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        return buf.getvalue()
+    if fmt != "markdown":
+        raise ValueError(f"format must be markdown, csv or json, got {fmt!r}")
+    groups = list(dict.fromkeys(r["group"] for r in rows))
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    cell = {(r["model"], r["group"]): r for r in rows}
+    head = ["model", "template", "align"] + [f"accuracy ({g})" if len(groups) > 1 else "triplet accuracy [95% CI]"
+                                            for g in groups] + ["n"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for m in models:
+        first = cell[(m, groups[0])]
+        vals = [f"{c['accuracy']:.3f} [{c['ci_low']:.3f}, {c['ci_high']:.3f}]" if (c := cell.get((m, g))) else "-"
+                for g in groups]
+        lines.append("| " + " | ".join([m, first["template"], first["align"], *vals, str(first["n"])]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, help="SimCelebA-format folder or a triplet CSV (see docs/training.md)")
+    parser.add_argument("--answers", help="answers CSV of a SimCelebA-format folder (default DATA/triplet_answers.csv)")
+    parser.add_argument("--images", choices=("photos", "crops"), help="triplet CSV: photos (default) or aligned crops")
+    parser.add_argument("--crop-template", help="triplet CSV of crops: their template (arcface, simceleba, ffhq)")
+    parser.add_argument("--model", action="append", dest="models", metavar="NAME_OR_DIR",
+                        help="model to score (repeat for several; default sface)")
+    parser.add_argument("--split", help="score one part of a split: random, unseen, seen-source, seen-target or "
+                        "a split .json (same options as training)")
+    parser.add_argument("--part", default="test", choices=("train", "val", "test"), help="part of --split to score")
+    parser.add_argument("--seed", type=int, default=0, help="split seed (as in training) and bootstrap seed")
+    parser.add_argument("--val-fraction", type=float, default=0.1, help="random split: validation fraction")
+    parser.add_argument("--test-fraction", type=float, default=0.1, help="random split: test fraction")
+    parser.add_argument("--layout", default="target-major", choices=("target-major", "source-major"),
+                        help="grid protocols: id layout")
+    parser.add_argument("--holdout", type=float, default=0.2, help="grid protocols: test holdout fraction")
+    parser.add_argument("--val-holdout", type=float, default=0.1, help="grid protocols: validation holdout")
+    parser.add_argument("--set", default="unanimous", choices=("unanimous", "all"),
+                        help="unanimous (consistent) triplets only, as in the paper, or all with a majority")
+    parser.add_argument("--align", default="auto", choices=("auto", "none"),
+                        help="auto: warp crops to each model's template when they differ; none: only resize")
+    parser.add_argument("--group-by", help="FILE.csv:COLUMN: also report accuracy per group (e.g. meta.csv:kind)")
+    parser.add_argument("--bootstrap", type=int, default=10000, help="bootstrap resamples for the 95%% CI")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--format", default="markdown", choices=("markdown", "csv", "json"), help="stdout format")
+    parser.add_argument("--output", action="append", default=[], metavar="FILE",
+                        help="also write the table to FILE (.md, .csv or .json by its suffix; repeatable)")
+    parser.add_argument("--no-progress", dest="progress", action="store_false")
+
+
+def run(args: argparse.Namespace) -> int:
+    triplets = load_triplets(args.data, args.answers, args.images, args.crop_template).majority_only()
+    if args.split:
+        split = make_split(triplets.ids, args.split, seed=args.seed, val=args.val_fraction, test=args.test_fraction,
+                           holdout=args.holdout, val_holdout=args.val_holdout, layout=args.layout)
+        triplets = triplets.subset(getattr(split, args.part))
+    if args.set == "unanimous":
+        triplets = triplets.unanimous_only()
+    if len(triplets) == 0:
+        print(f"no triplets to score in {args.data} (set {args.set!r}, split {args.split!r})", file=sys.stderr)
+        return 1
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    rows = evaluate_triplets(args.models or ["sface"], triplets, args.align, _groups(args.group_by), args.batch_size,
+                             args.workers, device, args.bootstrap, args.seed, args.progress)
+    print(format_table(rows, args.format), end="")
+    suffixes = {".md": "markdown", ".csv": "csv", ".json": "json"}
+    for out in args.output:
+        fmt = suffixes.get(Path(out).suffix.lower())
+        if fmt is None:
+            raise ValueError(f"--output {out}: use a .md, .csv or .json file name")
+        Path(out).write_text(format_table(rows, fmt))
+    return 0

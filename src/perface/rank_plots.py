@@ -1,0 +1,198 @@
+"""Pictures of a ranking: contact sheet (PIL), similarity histogram and heatmap (matplotlib Agg).
+
+PIL and matplotlib are imported inside the functions, so importing this module is cheap.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Optional, Sequence, Tuple, Union
+
+import torch
+
+__all__ = ["face_thumbnail", "contact_sheet", "similarity_histogram", "similarity_heatmap"]
+
+PathLike = Union[str, Path]
+
+
+def face_thumbnail(src, box: Optional[Sequence[float]] = None, size: int = 160, margin: float = 0.3):
+    """A ``size`` x ``size`` RGB PIL thumbnail of the face in ``src`` (a path or anything
+    :func:`perface.load_image` reads): the square around ``box`` (x1, y1, x2, y2, photo pixels)
+    widened by ``margin`` of its side, or the central square when ``box`` is None/NaN."""
+    from PIL import Image
+
+    from .imageio import load_image
+
+    img = load_image(src)  # (3, H, W) in [0, 1], EXIF applied as for detection
+    h, w = img.shape[1:]
+    if box is not None and all(math.isfinite(float(v)) for v in box):
+        x1, y1, x2, y2 = (float(v) for v in box)
+        side = max(x2 - x1, y2 - y1) * (1.0 + 2.0 * margin)
+        cx, cy = (x1 + x2) / 2.0, (y1 + y2) / 2.0
+    else:
+        side, cx, cy = float(min(h, w)), w / 2.0, h / 2.0
+    left, top = int(round(cx - side / 2.0)), int(round(cy - side / 2.0))
+    side_px = max(1, int(round(side)))
+    pixels = (img.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
+    # crop() pads with black outside the photo, keeping the face centred
+    return Image.fromarray(pixels).crop((left, top, left + side_px, top + side_px)).resize((size, size), Image.BILINEAR)
+
+
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1
+        return ImageFont.load_default()
+
+
+def _fit(draw, text: str, font, width: int) -> str:
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while len(text) > 1 and draw.textlength("…" + text, font=font) > width:
+        text = text[1:]
+    return "…" + text
+
+
+def contact_sheet(
+    target,
+    candidates: Sequence[Tuple[object, str]],
+    path: PathLike,
+    *,
+    tile: int = 160,
+    columns: int = 6,
+    title: str = "",
+) -> Path:
+    """Write a PNG: the target thumbnail on the left, the candidate thumbnails in rank order in
+    a grid beside it, each captioned (e.g. "#1  0.873" and its file name).
+
+    Args:
+        target: ``(thumbnail PIL image, caption)`` of the target.
+        candidates: ``(thumbnail, caption)`` per candidate, best first; captions may hold one
+            newline (two lines).
+        path: output PNG.
+        tile: thumbnail side in pixels.
+        columns: candidate tiles per row.
+        title: line of text above everything (e.g. the selection rule and model).
+    """
+    from PIL import Image, ImageDraw
+
+    font = _font(max(10, tile // 12))
+    line = max(12, tile // 10)
+    pad, caption_h = 8, 2 * line + 4
+    title_h = line + 2 * pad if title else 0
+    cols = max(1, min(columns, len(candidates)))
+    rows = max(1, math.ceil(len(candidates) / cols))
+    cell_w, cell_h = tile + pad, tile + caption_h + pad
+    gap = 3 * pad  # between target and candidates
+    width = pad + cell_w + gap + cols * cell_w
+    height = title_h + pad + max(cell_h, rows * cell_h)
+    sheet = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(sheet)
+    if title:
+        draw.text((pad, pad), _fit(draw, title, font, width - 2 * pad), fill="black", font=font)
+
+    def put(thumb, caption: str, x: int, y: int, frame: str) -> None:
+        sheet.paste(thumb.resize((tile, tile)), (x, y))
+        draw.rectangle((x - 2, y - 2, x + tile + 1, y + tile + 1), outline=frame, width=2)
+        for i, text in enumerate(caption.split("\n")[:2]):
+            draw.text((x, y + tile + 3 + i * line), _fit(draw, text, font, tile), fill="black", font=font)
+
+    top = title_h + pad
+    put(target[0], target[1], pad, top, "#d62728")
+    x0 = pad + cell_w + gap
+    draw.line((x0 - gap // 2, top, x0 - gap // 2, height - pad), fill="#999999", width=1)
+    for i, (thumb, caption) in enumerate(candidates):
+        r, c = divmod(i, cols)
+        put(thumb, caption, x0 + c * cell_w, top + r * cell_h, "#1f77b4")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path)
+    return path
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError as exc:
+        raise ImportError("plots need matplotlib: pip install 'perface[plot]'") from exc
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def similarity_histogram(
+    scores: torch.Tensor,
+    path: PathLike,
+    *,
+    band: Optional[Tuple[float, float]] = None,
+    exclude_above: Optional[float] = None,
+    chosen: Optional[torch.Tensor] = None,
+    title: str = "",
+    bins: int = 100,
+) -> Path:
+    """Write a PNG histogram of pool similarities (NaN entries ignored) with the band shaded,
+    the same-identity threshold dashed and the chosen candidates' scores as ticks below."""
+    plt = _pyplot()
+    scores = scores.detach().float().cpu()
+    finite = scores[torch.isfinite(scores)]
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
+    try:
+        if finite.numel():
+            lo, hi = min(-0.2, float(finite.min())), max(1.0, float(finite.max()))
+            counts = torch.histc(finite, bins=bins, min=lo, max=hi)
+            edges = torch.linspace(lo, hi, bins + 1)
+            ax.stairs(counts.numpy(), edges.numpy(), fill=True, color="#7f7f7f", alpha=0.7,
+                      label=f"pool ({finite.numel()} faces)")
+        if band is not None:
+            ax.axvspan(band[0], band[1], color="#2ca02c", alpha=0.2, label=f"band [{band[0]:g}, {band[1]:g}]")
+        if exclude_above is not None:
+            ax.axvline(exclude_above, color="#d62728", ls="--", label=f"same identity > {exclude_above:g}")
+        if chosen is not None and chosen.numel():
+            ax.plot(chosen.float().cpu().numpy(), [0] * chosen.numel(), "|", color="#1f77b4", ms=14, mew=1.5,
+                    label=f"chosen ({chosen.numel()})", clip_on=False)
+        ax.set_xlabel("similarity to target (cosine)")
+        ax.set_ylabel("faces")
+        ax.set_title(title)
+        ax.legend(loc="upper left", fontsize=8)
+        fig.tight_layout()
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path)
+    finally:
+        plt.close(fig)
+    return path
+
+
+def similarity_heatmap(matrix: torch.Tensor, labels: Sequence[str], path: PathLike, *, title: str = "") -> Path:
+    """Write a PNG heatmap of a square similarity matrix (N, N) with labelled rows/columns and
+    the value in every cell (when N <= 30); NaN cells (failed images) are grey."""
+    plt = _pyplot()
+    m = matrix.detach().float().cpu().numpy()
+    n = m.shape[0]
+    side = min(20.0, max(4.0, 0.6 * n + 2.5))
+    fig, ax = plt.subplots(figsize=(side + 1.5, side), dpi=100)
+    try:
+        cmap = plt.get_cmap("viridis").with_extremes(bad="#cccccc")
+        im = ax.imshow(m, cmap=cmap, vmin=-0.2, vmax=1.0)
+        ax.set_xticks(range(n), labels, rotation=60, ha="right", fontsize=8)
+        ax.set_yticks(range(n), labels, fontsize=8)
+        if n <= 30:
+            for i in range(n):
+                for j in range(n):
+                    v = m[i, j]
+                    text = "n/a" if v != v else f"{v:.2f}"
+                    ax.text(j, i, text, ha="center", va="center", fontsize=7,
+                            color="black" if v == v and v > 0.6 else "white")
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="similarity (cosine)")
+        ax.set_title(title)
+        fig.tight_layout()
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path)
+    finally:
+        plt.close(fig)
+    return path

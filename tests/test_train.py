@@ -93,7 +93,7 @@ def test_synthetic_set_format_and_identity_split(synthetic_set):
 def test_short_training_learns_and_round_trips(synthetic_set, tmp_path):
     """Nine steps on generated triplets: accuracy on held-out people rises; the checkpoint loads back.
 
-    (lr 0.05 instead of the paper's 0.01 to learn within CI time; measured: 0.11 -> 0.83.)
+    (lr 0.05 instead of the paper's 0.01 to learn within CI time; measured here: 0.17 -> 0.89, ~20 s.)
     """
     import perface
     from perface.train.config import TrainConfig

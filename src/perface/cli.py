@@ -3,11 +3,10 @@
 
 from __future__ import annotations
 
-import argparse
-import importlib
 import sys
 from typing import List, Optional
 
+from ._subcommands import dispatch
 from ._version import __version__
 
 # name -> (module, one-line help)
@@ -22,28 +21,10 @@ COMMANDS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The top-level parser with one subparser per command (arguments added lazily)."""
-    parser = argparse.ArgumentParser(prog="perface", description="Perceptual face similarity (PerFace).")
-    parser.add_argument("--version", action="version", version=f"perface {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (_, help_text) in COMMANDS.items():
-        sub.add_parser(name, help=help_text, description=help_text)
-    return parser
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of the ``perface`` console script; returns the exit status."""
     argv = sys.argv[1:] if argv is None else argv
-    parser = build_parser()
-    known, _ = parser.parse_known_args(argv[:1] if argv and argv[0] in COMMANDS else argv)
-    if known.command is None:
-        parser.print_help()
-        return 2
-    module = importlib.import_module(COMMANDS[known.command][0])
-    sub = argparse.ArgumentParser(prog=f"perface {known.command}", description=COMMANDS[known.command][1])
-    module.add_arguments(sub)
-    return int(module.run(sub.parse_args(argv[1:])) or 0)
+    return dispatch("perface", "Perceptual face similarity (PerFace).", COMMANDS, argv, f"perface {__version__}")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ randomly initialized checkpoint for backbones whose weights are not available of
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import os
@@ -11,7 +12,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Tuple
 
 import torch
 
@@ -125,3 +126,15 @@ def machine_info() -> Dict[str, object]:
     except OSError:
         pass
     return info
+
+
+def bench_main(run: Callable[[bool], Dict[str, Any]], doc: str) -> None:
+    """Command line of a ``bench_<name>.py`` with a ``run(quick) -> dict``: ``[--quick] [--json OUT]``."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small batches, few iterations")
+    parser.add_argument("--json", type=Path, help="write the result here")
+    args = parser.parse_args()
+    text = json.dumps(run(args.quick), indent=2)
+    if args.json:
+        args.json.write_text(text)
+    print(text)

@@ -9,8 +9,6 @@ measured. ``python benchmarks/bench_loss.py [--quick] [--json OUT]``; ``run(quic
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Dict, List
@@ -18,7 +16,7 @@ from typing import Dict, List
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _util import EXAMPLES, apply_variant, device_sync, metric_sources, timed, variants  # noqa: E402
+from _util import bench_main, EXAMPLES, apply_variant, device_sync, metric_sources, timed, variants  # noqa: E402
 
 BACKBONES = ("sface", "iresnet50")
 
@@ -81,17 +79,5 @@ def run(quick: bool = False) -> Dict[str, object]:
     return {"title": "Loss forward+backward", "rows": rows, "notes": notes}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small batches, few iterations")
-    parser.add_argument("--json", type=Path, help="write the result here")
-    args = parser.parse_args()
-    result = run(args.quick)
-    text = json.dumps(result, indent=2)
-    if args.json:
-        args.json.write_text(text)
-    print(text)
-
-
 if __name__ == "__main__":
-    main()
+    bench_main(run, __doc__)

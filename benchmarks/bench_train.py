@@ -9,8 +9,6 @@ compute). Peak memory: CUDA allocator peak, or the process's max RSS on CPU.
 
 from __future__ import annotations
 
-import argparse
-import json
 import resource
 import sys
 from pathlib import Path
@@ -19,7 +17,7 @@ from typing import Dict, List
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _util import apply_variant, device_sync, metric_sources, timed, variants  # noqa: E402
+from _util import bench_main, apply_variant, device_sync, metric_sources, timed, variants  # noqa: E402
 
 BACKBONES = ("sface", "iresnet50")
 
@@ -81,17 +79,5 @@ def run(quick: bool = False) -> Dict[str, object]:
     return {"title": "Training step", "rows": rows, "notes": notes}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small batches, few iterations")
-    parser.add_argument("--json", type=Path, help="write the result here")
-    args = parser.parse_args()
-    result = run(args.quick)
-    text = json.dumps(result, indent=2)
-    if args.json:
-        args.json.write_text(text)
-    print(text)
-
-
 if __name__ == "__main__":
-    main()
+    bench_main(run, __doc__)

@@ -14,7 +14,6 @@ conversion against onnxruntime without needing onnxruntime. Development only: ne
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -29,12 +28,10 @@ ARCFACE_112 = np.array(
     [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]],
     dtype=np.float32,
 )
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from onnx_weights import sha256_file  # noqa: E402
+
 DETECT_MAX_SIDE = 640  # photos are downscaled to this for detection; landmarks are scaled back
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def ort_session(path: Path):

@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
+import sys
 from pathlib import Path
 from typing import Dict
 
 import numpy as np
 
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from perface.hub import sha256_file  # noqa: E402  (re-exported for the conversion scripts)
 
 
 def load_initializers(path: Path) -> Dict[str, np.ndarray]:

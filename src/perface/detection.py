@@ -87,7 +87,8 @@ class Detector:
         self.max_side = max_side
         net = RetinaFace(network_name="mobile0.25", device=self.device)
         net.load_state_dict(load_file(str(resolve_weights(DETECTOR_WEIGHTS, "retinaface_mnet025"))), strict=True)
-        self.net = net.eval().requires_grad_(False)
+        # channels_last: measured 21 -> 15 ms per 640x393 photo on a 2-core CPU (same outputs)
+        self.net = net.eval().requires_grad_(False).to(memory_format=torch.channels_last)
         self._variance = net.cfg["variance"]
         self._mean = torch.tensor(_BGR_MEAN, device=self.device).view(1, 3, 1, 1)
 
@@ -101,7 +102,8 @@ class Detector:
             size = (max(1, round(h * scale)), max(1, round(w * scale)))
             images = F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
         sy, sx = images.shape[-2] / h, images.shape[-1] / w
-        return images.flip(1) * 255.0 - self._mean, (sx, sy)
+        batch = (images.flip(1) * 255.0 - self._mean).contiguous(memory_format=torch.channels_last)
+        return batch, (sx, sy)
 
     def postprocess(self, outputs: Sequence[torch.Tensor], size: Sequence[int],
                     scale: Tuple[float, float]) -> List[List[Face]]:

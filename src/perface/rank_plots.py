@@ -113,6 +113,15 @@ def contact_sheet(
     return path
 
 
+def _save(fig, path: PathLike) -> Path:
+    """Lay out ``fig`` and write it to ``path`` (parents created); returns the path."""
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path
+
+
 def _pyplot():
     try:
         import matplotlib
@@ -158,13 +167,9 @@ def similarity_histogram(
         ax.set_ylabel("faces")
         ax.set_title(title)
         ax.legend(loc="upper left", fontsize=8)
-        fig.tight_layout()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path)
+        return _save(fig, path)
     finally:
         plt.close(fig)
-    return path
 
 
 def similarity_heatmap(matrix: torch.Tensor, labels: Sequence[str], path: PathLike, *, title: str = "") -> Path:
@@ -189,10 +194,6 @@ def similarity_heatmap(matrix: torch.Tensor, labels: Sequence[str], path: PathLi
                             color="black" if v == v and v > 0.6 else "white")
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="similarity (cosine)")
         ax.set_title(title)
-        fig.tight_layout()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path)
+        return _save(fig, path)
     finally:
         plt.close(fig)
-    return path

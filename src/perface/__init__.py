@@ -7,15 +7,16 @@ from ._version import __version__
 from .errors import (
     ChecksumMismatchError,
     ImageReadError,
+    IncompatibleCheckpointError,
     InputRangeError,
     NoFaceError,
     PerFaceError,
     UnknownModelError,
+    WeightsNotCachedError,
+    WeightsNotFoundError,
     WeightsUnavailableError,
 )
-from .hub import WeightsNotCachedError, WeightsNotFoundError
 from .model import PerFace
-from .pretrained import IncompatibleCheckpointError
 from .registry import list_models
 from .alignment import align_faces
 from .detection import Face, detect_faces

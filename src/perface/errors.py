@@ -10,6 +10,9 @@ __all__ = [
     "WeightsUnavailableError",
     "ChecksumMismatchError",
     "UnknownModelError",
+    "IncompatibleCheckpointError",
+    "WeightsNotCachedError",
+    "WeightsNotFoundError",
 ]
 
 
@@ -42,3 +45,15 @@ class WeightsUnavailableError(PerFaceError, RuntimeError):
 
 class ChecksumMismatchError(WeightsUnavailableError):
     """A weights file's sha256 differs from the one pinned in the registry."""
+
+
+class WeightsNotCachedError(WeightsUnavailableError):
+    """Weights are not in the local cache and the Hub cannot be used (offline, unreachable, timeout)."""
+
+
+class WeightsNotFoundError(WeightsUnavailableError):
+    """The Hub answered, but the repo, revision or file does not exist (or is private/gated)."""
+
+
+class IncompatibleCheckpointError(PerFaceError, ValueError):
+    """A checkpoint's config or tensors do not fit its architecture (or this perface version)."""

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from ._version import __version__
-from .errors import ChecksumMismatchError, WeightsUnavailableError
+from .errors import ChecksumMismatchError, WeightsNotCachedError, WeightsNotFoundError, WeightsUnavailableError
 from .registry import WeightsSource
 
 __all__ = [
@@ -47,14 +47,6 @@ logger = logging.getLogger(__name__)
 
 EMBEDDED_DIR = Path(__file__).resolve().parent / "weights"
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
-
-
-class WeightsNotCachedError(WeightsUnavailableError):
-    """Weights are not in the local cache and the Hub cannot be used (offline, unreachable, timeout)."""
-
-
-class WeightsNotFoundError(WeightsUnavailableError):
-    """The Hub answered, but the repo, revision or file does not exist (or is private/gated)."""
 
 
 # --------------------------------------------------------------------------- cache locations

@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, Tuple, Union
 
 import torch
 
-from .errors import PerFaceError, UnknownModelError
-from .hub import WeightsNotFoundError, fetch_hub_file, resolve_weights, sha256_file, snapshot_commit
+from .errors import IncompatibleCheckpointError, UnknownModelError, WeightsNotFoundError
+from .hub import fetch_hub_file, resolve_weights, sha256_file, snapshot_commit
 from .registry import MODELS, ModelSpec, WeightsSource, get_spec, list_models
 
 if TYPE_CHECKING:
@@ -51,10 +51,6 @@ CARD_NAME = "README.md"
 
 _HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)(?:@(?P<rev>[\w][\w./-]*))?$")
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
-
-
-class IncompatibleCheckpointError(PerFaceError, ValueError):
-    """A checkpoint's config or tensors do not fit its architecture (or this perface version)."""
 
 
 def parse_hub_id(text: str) -> Optional[Tuple[str, str]]:

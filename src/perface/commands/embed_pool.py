@@ -11,6 +11,7 @@ import argparse
 import sys
 
 from ..registry import DEFAULT_MODEL
+from .rank import add_embedding_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,12 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       "'auto' reads RANK/WORLD_SIZE set by torchrun")
     what.add_argument("--merge", action="store_true", help="fold all shard files into the pool cache")
     parser.add_argument("--keep-shards", action="store_true", help="with --merge: keep the shard files")
-    parser.add_argument("--rebuild", action="store_true", help="re-embed everything, ignoring the cache")
-    parser.add_argument("--batch-size", type=int, default=32, help="faces per forward pass (default 32)")
-    parser.add_argument("--device", default="auto",
-                        help="where the backbone runs: cpu, cuda, cuda:1, or auto "
-                             "(cuda:$LOCAL_RANK if CUDA is available)")
-    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers for detection/alignment")
+    add_embedding_arguments(parser)
     parser.add_argument("--report", help="write the failure report (file, reason) to this CSV")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 

@@ -12,6 +12,16 @@ import sys
 from ..registry import DEFAULT_MODEL
 
 
+def add_embedding_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of how a pool is embedded, shared by ``perface rank`` and ``perface embed-pool``."""
+    parser.add_argument("--rebuild", action="store_true", help="re-embed every photo, ignoring the cache")
+    parser.add_argument("--batch-size", type=int, default=32, help="faces per forward pass (default 32)")
+    parser.add_argument("--device", default="auto",
+                        help="where the backbone runs: cpu, cuda, cuda:1, or auto "
+                             "(cuda:$LOCAL_RANK if CUDA is available)")
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers for detection/alignment (default 0)")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("target", help="photo of the target face")
     parser.add_argument("pool", help="folder of photos to choose from (searched recursively)")
@@ -31,12 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"checkpoint name or path (default {DEFAULT_MODEL})")
     parser.add_argument("--cache", help="pool cache folder (default: per-user cache, see docs/ranking.md)")
     parser.add_argument("--no-cache", action="store_true", help="embed the pool without reading or writing a cache")
-    parser.add_argument("--rebuild", action="store_true", help="re-embed every photo, ignoring the cache")
-    parser.add_argument("--batch-size", type=int, default=32, help="faces per forward pass (default 32)")
-    parser.add_argument("--device", default="auto",
-                        help="where the backbone runs: cpu, cuda, cuda:1, or auto "
-                             "(cuda:$LOCAL_RANK if CUDA is available)")
-    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers for detection/alignment (default 0)")
+    add_embedding_arguments(parser)
     parser.add_argument("--sheet-max", type=int, default=24, help="faces shown on the contact sheet (default 24)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..detection import DETECTOR_WEIGHTS
 from ..errors import PerFaceError
 from ..hub import verify_source
 from ..registry import MODELS, get_spec
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("names", nargs="*", help="registered models to check (default: all)")
+    parser.add_argument("names", nargs="*", help="registered models to check (default: all, and the face detector)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -20,19 +21,23 @@ def run(args: argparse.Namespace) -> int:
     except PerFaceError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    sources = [(spec.name, spec.weights) for spec in specs if spec.weights is not None]
+    if not args.names:
+        sources.append(("retinaface_mnet025 (face detector)", DETECTOR_WEIGHTS))
     bad = 0
-    for spec in specs:
-        assert spec.weights is not None
-        checks = verify_source(spec.weights, spec.name)
+    for name, source in sources:
+        checks = verify_source(source, name)
         if not checks:
-            print(f"{spec.name}: not cached (nothing to check)")
+            print(f"{name}: not cached (nothing to check)")
         for c in checks:
             if c.ok:
-                print(f"{spec.name}: OK        {c.what}: {c.path}")
+                print(f"{name}: OK        {c.what}: {c.path}")
             elif not c.expected:
-                print(f"{spec.name}: UNPINNED  {c.what}: {c.path} sha256 {c.actual} (no pin or record to compare)")
+                print(f"{name}: UNPINNED  {c.what}: {c.path} sha256 {c.actual} (no pin or record to compare)")
             else:
                 bad += 1
-                print(f"{spec.name}: MISMATCH  {c.what}: {c.path}\n    sha256 {c.actual}, expected {c.expected}\n"
-                      f"    fix: delete that file and run `perface download {spec.name} --force`")
+                fix = ("reinstall perface (pip install --force-reinstall perface)" if source.kind == "embedded"
+                       else f"delete that file and run `perface download {name} --force`")
+                print(f"{name}: MISMATCH  {c.what}: {c.path}\n    sha256 {c.actual}, expected {c.expected}\n"
+                      f"    fix: {fix}")
     return 1 if bad else 0

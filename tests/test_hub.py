@@ -288,3 +288,18 @@ def test_concurrent_first_use_from_two_processes(fake_hub, tiny, tmp_path):
     blobs = list((home / "hub" / "models--acme--tiny" / "blobs").iterdir())
     assert len(blobs) == 1 and hashlib.sha256(blobs[0].read_bytes()).hexdigest() == source.sha256
     assert fake_hub.count("GET") >= 1
+
+
+def test_verify_checks_embedded_model_and_detector(capsys, monkeypatch):
+    """`perface verify` re-hashes the shipped sface and detector files, and flags a bad pin."""
+    from perface import detection
+    from perface.cli import main
+
+    assert main(["verify"]) == 0
+    out = capsys.readouterr().out
+    assert "sface: OK" in out and "retinaface_mnet025 (face detector): OK" in out
+    bad_pin = replace(detection.DETECTOR_WEIGHTS, sha256="0" * 64)
+    monkeypatch.setattr("perface.commands.verify.DETECTOR_WEIGHTS", bad_pin)
+    assert main(["verify"]) == 1
+    out = capsys.readouterr().out
+    assert "retinaface_mnet025 (face detector): MISMATCH" in out and "force-reinstall" in out

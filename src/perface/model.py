@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._malloc import tune_malloc
-from .alignment import build_aligner
+from .alignment import ResizeTo, build_aligner
 from .archs import build_backbone
 from .pretrained import load_pretrained
 from .registry import DEFAULT_MODEL, ModelSpec
@@ -67,6 +67,7 @@ class PerFace(nn.Module):
         self.net = build_backbone(spec.arch, **spec.arch_kwargs)
         self.net.load_state_dict(state_dict, strict=True)
         self.aligner = build_aligner(align, template=spec.template, size=spec.input_size)
+        self._resize = ResizeTo(spec.input_size)
         self.align = align
         self.register_buffer("_mean", torch.tensor(spec.input_mean), persistent=False)
         self.register_buffer("_std", torch.tensor(spec.input_std), persistent=False)
@@ -126,15 +127,21 @@ class PerFace(nn.Module):
         super().train(mode and self.trainable)
         return self
 
-    def preprocess(self, x: torch.Tensor) -> torch.Tensor:
-        """Input contract -> aligned, resized, normalized network input (N, 3, S, S)."""
+    def preprocess(self, x: torch.Tensor, aligned: bool = False) -> torch.Tensor:
+        """Input contract -> aligned, resized, normalized network input (N, 3, S, S).
+
+        ``aligned=True``: ``x`` is already aligned to ``self.template`` (e.g. crops from
+        :func:`perface.align_faces`), so the ``align`` mode is skipped and ``x`` is only resized.
+        """
         x = to_unit_range(x, self.value_range, self.check_range)
-        x = self.aligner(x.to(self._mean.device, self._mean.dtype))
+        x = x.to(self._mean.device, self._mean.dtype)
+        x = self._resize(x) if aligned else self.aligner(x)
         return (x - self._mean) / self._std
 
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """L2-normalized embeddings (N, D) of images ``x`` (see the class docstring for inputs)."""
-        x = self.preprocess(x)
+    def embed(self, x: torch.Tensor, aligned: bool = False) -> torch.Tensor:
+        """L2-normalized embeddings (N, D) of images ``x`` (see the class docstring for inputs;
+        ``aligned`` as in :meth:`preprocess`)."""
+        x = self.preprocess(x, aligned)
         # A backbone may ask for CPU batches in chunks (``cpu_chunk``; same results and gradients):
         # not in training mode, where BatchNorm's batch statistics depend on the whole batch.
         chunk = getattr(self.net, "cpu_chunk", None)

@@ -19,7 +19,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .alignment import ResizeTo, align_faces
+from .alignment import align_faces
 from .errors import PerFaceError
 from .imageio import describe, is_batch
 from .registry import DEFAULT_MODEL
@@ -95,17 +95,6 @@ def _metric(model: Any):
     return model if isinstance(model, PerFace) else _cached_metric(str(model))
 
 
-def _embed_aligned(metric, crops: torch.Tensor) -> torch.Tensor:
-    """Embed crops already aligned to ``metric.template`` at ``metric.input_size``."""
-    if metric.align in ("none", metric.template):
-        return metric.embed(crops)
-    aligner, metric.aligner = metric.aligner, ResizeTo(metric.input_size)  # skip its own alignment
-    try:
-        return metric.embed(crops)
-    finally:
-        metric.aligner = aligner
-
-
 def _as_list(sources: Any) -> List[Any]:
     if isinstance(sources, torch.Tensor) and sources.dim() == 4:
         return list(sources.detach().unbind(0))
@@ -141,7 +130,7 @@ def embed_images(sources: Any, model: Any = DEFAULT_MODEL, batch_size: int = 32,
     with torch.no_grad(), tqdm(total=len(items), unit="img", desc=f"embed ({metric.name})", disable=not progress) as bar:
         for batch in loader:
             good = [crops for _, crops, _ in batch if crops is not None]
-            emb = _embed_aligned(metric, torch.cat(good).to(model_device)).float().cpu() if good else None
+            emb = metric.embed(torch.cat(good).to(model_device), aligned=True).float().cpu() if good else None
             start = 0
             for i, crops, reason in batch:
                 if crops is None:
@@ -212,7 +201,7 @@ def similarity(a: Any, b: Any, model: Any = DEFAULT_MODEL, *, face_index: Option
         dev = device if device is not None else next(metric.parameters()).device
         with torch.no_grad():
             crops = torch.stack([prepare_face(x, metric.template, metric.input_size, face_index, dev) for x in (a, b)])
-            emb = _embed_aligned(metric, crops.to(next(metric.parameters()).device))
+            emb = metric.embed(crops.to(next(metric.parameters()).device), aligned=True)
         return float((emb[0] * emb[1]).sum())
     list_a, list_b = _as_list(a), _as_list(b)
     pairs = _pairs(len(list_a), len(list_b))

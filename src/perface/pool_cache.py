@@ -167,8 +167,6 @@ class PhotoEmbedder:
         overrides the bar setting for this call."""
         from tqdm.auto import tqdm
 
-        from .photos import _embed_aligned
-
         metric = self.metric
         device = next(metric.parameters()).device
         n = len(sources)
@@ -186,7 +184,7 @@ class PhotoEmbedder:
                 errors.update((i, reason) for i, crop, _, reason in batch if crop is None)
                 if good:
                     rows = torch.tensor([i for i, _, _ in good])
-                    emb[rows] = _embed_aligned(metric, torch.stack([c for _, c, _ in good]).to(device)).float().cpu()
+                    emb[rows] = metric.embed(torch.stack([c for _, c, _ in good]).to(device), aligned=True).float().cpu()
                     boxes[rows] = torch.stack([b for _, _, b in good])
                 bar.update(len(batch))
         return EmbedBatch(emb, boxes, errors)

@@ -20,8 +20,9 @@ REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
 
 
-def timed(step: Callable[[], None], warmup: int, iters: int, min_seconds: float, sync: Callable[[], None]) -> float:
-    """Seconds per call of ``step`` (median of at least ``iters`` calls and ``min_seconds``)."""
+def sample_times(step: Callable[[], object], warmup: int, iters: int, min_seconds: float,
+                 sync: Callable[[], None] = lambda: None) -> List[float]:
+    """Sorted seconds per call of ``step``: at least ``iters`` calls and ``min_seconds`` in all."""
     for _ in range(warmup):
         step()
     sync()
@@ -32,7 +33,12 @@ def timed(step: Callable[[], None], warmup: int, iters: int, min_seconds: float,
         step()
         sync()
         times.append(time.perf_counter() - t0)
-    times.sort()
+    return sorted(times)
+
+
+def timed(step: Callable[[], None], warmup: int, iters: int, min_seconds: float, sync: Callable[[], None]) -> float:
+    """Median seconds per call of ``step`` (see :func:`sample_times`)."""
+    times = sample_times(step, warmup, iters, min_seconds, sync)
     return times[len(times) // 2]
 
 

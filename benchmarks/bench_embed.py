@@ -22,7 +22,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
@@ -30,22 +29,10 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _util import REPO, machine_info, random_checkpoint  # noqa: E402
+from _util import REPO, machine_info, random_checkpoint, sample_times  # noqa: E402
 
 SFACE_ONNX = REPO.parent / "shared" / "models" / "face_recognition_sface_2021dec_int8bq.onnx"
 BATCH = 32
-
-
-def _times(step: Callable[[], object], warmup: int, iters: int, min_seconds: float) -> List[float]:
-    for _ in range(warmup):
-        step()
-    times: List[float] = []
-    start = time.perf_counter()
-    while len(times) < iters or time.perf_counter() - start < min_seconds:
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    return sorted(times)
 
 
 def _rate(key: str, times: List[float], n: int) -> Dict[str, float]:
@@ -81,9 +68,9 @@ def bench_perface(source: str, quick: bool) -> Dict[str, object]:
         metric.embed(x).sum().backward()
 
     out: Dict[str, object] = {"model": metric.name}
-    out.update(_rate("b32_faces_s", _times(forward(x32), warmup, iters, min_s), BATCH))
-    out.update(_latency("b1_ms", _times(forward(x1), 2 * warmup, 3 * iters, min_s)))
-    out.update(_rate("fwd_bwd_faces_s", _times(forward_backward, 1, max(2, iters // 2), min_s), BATCH))
+    out.update(_rate("b32_faces_s", sample_times(forward(x32), warmup, iters, min_s), BATCH))
+    out.update(_latency("b1_ms", sample_times(forward(x1), 2 * warmup, 3 * iters, min_s)))
+    out.update(_rate("fwd_bwd_faces_s", sample_times(forward_backward, 1, max(2, iters // 2), min_s), BATCH))
     return out
 
 
@@ -141,8 +128,8 @@ def bench_ort(quick: bool, threads: int) -> List[Dict[str, object]]:
         x32 = (_faces(BATCH) * 255).numpy()
         x1 = (_faces(1) * 255).numpy()
         row: Dict[str, object] = {"model": "sface", "engine": label}
-        row.update(_rate("b32_faces_s", _times(lambda: session.run(None, {name: x32}), warmup, iters, min_s), BATCH))
-        row.update(_latency("b1_ms", _times(lambda: session.run(None, {name: x1}), 2 * warmup, 3 * iters, min_s)))
+        row.update(_rate("b32_faces_s", sample_times(lambda: session.run(None, {name: x32}), warmup, iters, min_s), BATCH))
+        row.update(_latency("b1_ms", sample_times(lambda: session.run(None, {name: x1}), 2 * warmup, 3 * iters, min_s)))
         rows.append(row)
     return rows
 

@@ -11,6 +11,8 @@ from typing import Optional, Sequence, Tuple, Union
 
 import torch
 
+from ._plotting import pyplot, save_figure
+
 __all__ = ["face_thumbnail", "contact_sheet", "similarity_histogram", "similarity_heatmap"]
 
 PathLike = Union[str, Path]
@@ -113,26 +115,6 @@ def contact_sheet(
     return path
 
 
-def _save(fig, path: PathLike) -> Path:
-    """Lay out ``fig`` and write it to ``path`` (parents created); returns the path."""
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    return path
-
-
-def _pyplot():
-    try:
-        import matplotlib
-    except ImportError as exc:
-        raise ImportError("plots need matplotlib: pip install 'perface[plot]'") from exc
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def similarity_histogram(
     scores: torch.Tensor,
     path: PathLike,
@@ -145,7 +127,7 @@ def similarity_histogram(
 ) -> Path:
     """Write a PNG histogram of pool similarities (NaN entries ignored) with the band shaded,
     the same-identity threshold dashed and the chosen candidates' scores as ticks below."""
-    plt = _pyplot()
+    plt = pyplot()
     scores = scores.detach().float().cpu()
     finite = scores[torch.isfinite(scores)]
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
@@ -167,7 +149,7 @@ def similarity_histogram(
         ax.set_ylabel("faces")
         ax.set_title(title)
         ax.legend(loc="upper left", fontsize=8)
-        return _save(fig, path)
+        return save_figure(fig, path)
     finally:
         plt.close(fig)
 
@@ -175,7 +157,7 @@ def similarity_histogram(
 def similarity_heatmap(matrix: torch.Tensor, labels: Sequence[str], path: PathLike, *, title: str = "") -> Path:
     """Write a PNG heatmap of a square similarity matrix (N, N) with labelled rows/columns and
     the value in every cell (when N <= 30); NaN cells (failed images) are grey."""
-    plt = _pyplot()
+    plt = pyplot()
     m = matrix.detach().float().cpu().numpy()
     n = m.shape[0]
     side = min(20.0, max(4.0, 0.6 * n + 2.5))
@@ -194,6 +176,6 @@ def similarity_heatmap(matrix: torch.Tensor, labels: Sequence[str], path: PathLi
                             color="black" if v == v and v > 0.6 else "white")
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="similarity (cosine)")
         ax.set_title(title)
-        return _save(fig, path)
+        return save_figure(fig, path)
     finally:
         plt.close(fig)

@@ -20,6 +20,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from .._plotting import pyplot, save_figure
 from ..registry import DEFAULT_MODEL
 
 __all__ = ["IMAGE_SUFFIXES", "list_images", "match_pairs", "reid_ranks", "evaluate", "write_report",
@@ -249,11 +250,7 @@ def _markdown(report: Dict[str, object]) -> str:
 
 
 def _histogram(report: Dict[str, object], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     for m in report["models"]:
         values = list(m["similarities"].values())
@@ -266,9 +263,10 @@ def _histogram(report: Dict[str, object], path: Path) -> None:
     ax.set_ylabel("pairs")
     ax.set_title(f"{report['matched_pairs']} pairs")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        save_figure(fig, path, dpi=120)
+    finally:
+        plt.close(fig)
 
 
 def write_report(report: Dict[str, object], out: Path, plot: bool = True) -> Dict[str, Path]:

@@ -5,16 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .._plotting import pyplot, save_figure
+
 __all__ = ["plot_training_curve"]
 
 
 def plot_training_curve(log_path: Path, png_path: Path) -> Path:
     """Training loss per logged step and validation accuracy per epoch (epoch 0 = initialization)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     records = [json.loads(line) for line in Path(log_path).read_text().splitlines() if line.strip()]
     steps = [(r["step"], r["loss"]) for r in records if r.get("event") == "step"]
     epochs = [(r["epoch"], r["val_acc"]) for r in records
@@ -31,7 +29,7 @@ def plot_training_curve(log_path: Path, png_path: Path) -> Path:
                ylim=(0, 1.02))
     ax_acc.legend(loc="lower right")
     ax_acc.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(png_path, dpi=110)
-    plt.close(fig)
-    return Path(png_path)
+    try:
+        return save_figure(fig, png_path, dpi=110)
+    finally:
+        plt.close(fig)

@@ -20,7 +20,10 @@ import torch
 from .errors import ImageReadError
 from .tensor_input import to_unit_range
 
-__all__ = ["load_image", "load_images", "is_batch", "describe"]
+__all__ = ["IMAGE_SUFFIXES", "load_image", "load_images", "is_batch", "describe"]
+
+# file endings treated as images when a folder is scanned (pools, anonymization sets)
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"})
 
 BACKGROUND = 1.0  # transparent pixels are composited on white
 

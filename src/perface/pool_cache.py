@@ -28,8 +28,9 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from .imageio import IMAGE_SUFFIXES
+
 __all__ = [
-    "IMAGE_SUFFIXES",
     "Pool",
     "EmbedBatch",
     "PhotoEmbedder",
@@ -46,7 +47,6 @@ __all__ = [
     "parse_shard",
 ]
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"})
 FORMAT = "perface-pool-1"
 
 

@@ -21,12 +21,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 
 from .._plotting import pyplot, save_figure
+from ..imageio import IMAGE_SUFFIXES
 from ..registry import DEFAULT_MODEL
 
-__all__ = ["IMAGE_SUFFIXES", "list_images", "match_pairs", "reid_ranks", "evaluate", "write_report",
+__all__ = ["list_images", "match_pairs", "reid_ranks", "evaluate", "write_report",
            "add_arguments", "run"]
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 DEFAULT_THRESHOLDS = (0.3, 0.4, 0.5)
 TOP_K = (1, 5)
 

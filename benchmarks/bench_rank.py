@@ -50,7 +50,7 @@ def child_search(n: int, dim: int, mode: str, repeats: int, dtype: str) -> dict:
     """One search measurement in this (fresh) process; see the module docstring."""
     import torch
 
-    from perface.ranking import DEFAULT_CHUNK_ROWS, search
+    from perface.ranking.search import DEFAULT_CHUNK_ROWS, search
 
     torch.manual_seed(0)
     store = getattr(torch, dtype)
@@ -105,7 +105,7 @@ def bench_search(n: int, repeats: int, modes=("top", "band", "bottom"), dtypes=(
 def bench_cache(n: int, dim: int = 512) -> dict:
     import torch
 
-    from perface.pool_cache import Pool, read_cache, write_cache
+    from perface.ranking.pool import Pool, read_cache, write_cache
 
     torch.manual_seed(0)
     pool = Pool(root=Path("/pool"), files=[f"person_{i // 20:06d}/photo_{i:08d}.jpg" for i in range(n)],
@@ -131,7 +131,7 @@ def bench_photos(rounds: int, settings) -> list:
     threads None = torch's default."""
     import torch
 
-    from perface.pool_cache import PhotoEmbedder
+    from perface.ranking.pool import PhotoEmbedder
 
     photos = sorted(p for p in FACES.glob("*") if p.suffix.lower() in (".jpg", ".png"))
     if not photos:

@@ -33,6 +33,7 @@ from perface.hub import (
     verify_source,
     weights_status,
 )
+from perface import registry
 from perface.registry import WeightsSource
 
 REPO = "acme/tiny"
@@ -292,14 +293,13 @@ def test_concurrent_first_use_from_two_processes(fake_hub, tiny, tmp_path):
 
 def test_verify_checks_embedded_model_and_detector(capsys, monkeypatch):
     """`perface verify` re-hashes the shipped sface and detector files, and flags a bad pin."""
-    from perface import detection
     from perface.cli import main
 
     assert main(["verify"]) == 0
     out = capsys.readouterr().out
-    assert "sface: OK" in out and "retinaface_mnet025 (face detector): OK" in out
-    bad_pin = replace(detection.DETECTOR_WEIGHTS, sha256="0" * 64)
-    monkeypatch.setattr("perface.commands.verify.DETECTOR_WEIGHTS", bad_pin)
+    assert "sface: OK" in out and "retinaface-mnet025 (face detector): OK" in out
+    bad_pin = replace(registry.DETECTOR, weights=replace(registry.DETECTOR.weights, sha256="0" * 64))
+    monkeypatch.setattr("perface.commands.verify.DETECTOR", bad_pin)
     assert main(["verify"]) == 1
     out = capsys.readouterr().out
-    assert "retinaface_mnet025 (face detector): MISMATCH" in out and "force-reinstall" in out
+    assert "retinaface-mnet025 (face detector): MISMATCH" in out and "force-reinstall" in out

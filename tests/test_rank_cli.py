@@ -156,7 +156,7 @@ def test_embed_pool_by_shards_then_merge(faces_dir, tmp_path, capsys):
 
 
 def test_dataloader_workers_give_the_cached_rows(ranked, pool):
-    from perface.pool_cache import PhotoEmbedder, cache_path, read_cache
+    from perface.ranking.pool import PhotoEmbedder, cache_path, read_cache
 
     _, cache = ranked
     cached = read_cache(cache_path(cache, "sface"), pool)

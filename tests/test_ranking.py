@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from perface.pool_cache import (
+from perface.ranking.pool import (
     EmbedBatch,
     cache_path,
     list_images,
@@ -21,8 +21,8 @@ from perface.pool_cache import (
     shard_path,
     update_pool,
 )
-from perface.pool_rank import group_mask
-from perface.ranking import cosine_scores, search
+from perface.ranking.rank import group_mask
+from perface.ranking.search import cosine_scores, search
 
 
 def exact_pool(n: int, d: int = 64, seed: int = 0):
@@ -257,7 +257,7 @@ def test_parse_shard(monkeypatch):
 
 def test_rank_on_synthetic_pool_excludes_target_file_and_writes_csv(tmp_path, monkeypatch):
     import perface
-    from perface import pool_rank
+    import perface.ranking.rank as pool_rank
 
     root = tmp_path / "pool"
     make_pool(root, 8)

@@ -9,6 +9,7 @@ from .errors import (
     ImageReadError,
     IncompatibleCheckpointError,
     InputRangeError,
+    SignatureMismatchError,
     NoFaceError,
     PerFaceError,
     UnknownModelError,
@@ -17,16 +18,19 @@ from .errors import (
     WeightsUnavailableError,
 )
 from .model import PerFace
+from .signature import Signature, check_signature
 from .registry import list_models
 from .alignment import align_faces
 from .detection import Face, detect_faces
 from .imageio import load_image, load_images
 from .photos import EmbedResult, SimilarityResult, embed_images, similarity
-from .pool_rank import RankResult, rank
+from .ranking.rank import RankResult, rank
 
 __all__ = [
     "__version__",
     "PerFace",
+    "Signature",
+    "check_signature",
     "list_models",
     "load_image",
     "load_images",
@@ -49,4 +53,5 @@ __all__ = [
     "WeightsNotCachedError",
     "WeightsNotFoundError",
     "IncompatibleCheckpointError",
+    "SignatureMismatchError",
 ]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 from typing import List, Optional
 
-from ._subcommands import dispatch
+from .commands import dispatch
 from ._version import __version__
 
 # name -> (module, one-line help)

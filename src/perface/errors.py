@@ -13,6 +13,7 @@ __all__ = [
     "IncompatibleCheckpointError",
     "WeightsNotCachedError",
     "WeightsNotFoundError",
+    "SignatureMismatchError",
 ]
 
 
@@ -57,3 +58,7 @@ class WeightsNotFoundError(WeightsUnavailableError):
 
 class IncompatibleCheckpointError(PerFaceError, ValueError):
     """A checkpoint's config or tensors do not fit its architecture (or this perface version)."""
+
+
+class SignatureMismatchError(PerFaceError, ValueError):
+    """A metric signature (e.g. from a paper) differs from the installed metric's."""

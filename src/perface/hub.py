@@ -18,11 +18,11 @@ import json
 import logging
 import os
 import re
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
+from ._io import atomic_write, atomic_write_text, file_lock
 from ._version import __version__
 from .errors import ChecksumMismatchError, WeightsNotCachedError, WeightsNotFoundError, WeightsUnavailableError
 from .registry import WeightsSource
@@ -83,10 +83,7 @@ def _trust_path(repo_id: str, commit: str, filename: str) -> Path:
 
 
 def _write_json_atomic(path: Path, data: Dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True))
 
 
 def _read_json(path: Path) -> Optional[Dict[str, Any]]:
@@ -97,10 +94,7 @@ def _read_json(path: Path) -> Optional[Dict[str, Any]]:
 
 
 def _lock(path: Path):
-    from filelock import FileLock
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return FileLock(str(path) + ".lock")
+    return file_lock(path)
 
 
 # --------------------------------------------------------------------------- hashing
@@ -330,15 +324,9 @@ def _pth_to_safetensors(src: Path, dst: Path, source_sha256: str, what: str) -> 
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise WeightsUnavailableError(f"{what}: {src} does not hold a flat mapping of names to tensors.")
     tensors = {str(k): v.detach().contiguous().clone() for k, v in obj.items()}
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        save_file(tensors, str(tmp), metadata={"format": "pt", "source_sha256": source_sha256,
-                                               "converted_by": f"perface {__version__}"})
-        digest = sha256_file(tmp)
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
+    metadata = {"format": "pt", "source_sha256": source_sha256, "converted_by": f"perface {__version__}"}
+    atomic_write(dst, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    digest = sha256_file(dst)
     _write_json_atomic(dst.with_suffix(".json"), {
         "sha256": digest, "size": dst.stat().st_size, "source_sha256": source_sha256,
         "source": src.name, "converted_by": f"perface {__version__}",
@@ -438,10 +426,7 @@ def import_weights(source: WeightsSource, name: str, path: Path) -> Path:
         else:
             import shutil
 
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dst.with_name(f".{dst.name}.{uuid.uuid4().hex}.tmp")
-            shutil.copyfile(path, tmp)
-            os.replace(tmp, dst)
+            atomic_write(dst, lambda tmp: shutil.copyfile(path, tmp))
             _write_json_atomic(dst.with_suffix(".json"), {"sha256": actual, "size": dst.stat().st_size,
                                                           "source_sha256": actual, "source": path.name})
     return _check_stored(dst, name)

@@ -59,8 +59,9 @@ class PerFace(nn.Module):
         trainable: bool = False,
     ) -> None:
         super().__init__()
-        spec, state_dict = load_pretrained(model)
+        spec, state_dict, sha256 = load_pretrained(model)
         self.spec: ModelSpec = spec
+        self.weights_sha256: str = sha256
         self.value_range = value_range
         self.check_range = check_range
         self.trainable = trainable
@@ -72,8 +73,31 @@ class PerFace(nn.Module):
         self.register_buffer("_mean", torch.tensor(spec.input_mean), persistent=False)
         self.register_buffer("_std", torch.tensor(spec.input_std), persistent=False)
         self.net.requires_grad_(trainable)
+        self._loaded_versions = self._weight_versions()
         self.eval()
         tune_malloc()
+
+    def _weight_versions(self) -> Tuple[int, ...]:
+        return tuple(t._version for t in self.net.state_dict().values())
+
+    @property
+    def weights_modified(self) -> bool:
+        """True if the network's parameters or buffers changed in place since loading (training)."""
+        return self._weight_versions() != self._loaded_versions
+
+    @property
+    def align_modes(self) -> Tuple[str, str]:
+        """The alignment mode of ``x`` and of ``y`` in ``forward(x, y)``."""
+        return (self.align, self.align)
+
+    @property
+    def signature(self) -> str:
+        """The metric signature of ``metric(x, y)``: report it beside every number (see
+        :mod:`perface.signature`), e.g.
+        ``perface:0.2.0|model:sface@0f0fbaa2|det:none|align:none|tpl:arcface|size:112|prec:fp32``."""
+        from .signature import signature_of
+
+        return str(signature_of(self))
 
     @classmethod
     def from_pretrained(cls, model: Union[str, Path], **kwargs) -> "PerFace":

@@ -12,16 +12,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import re
 import tempfile
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, Mapping, NamedTuple, Optional, Tuple, Union
 
 import torch
 
+from ._io import atomic_write, atomic_write_text
 from .errors import IncompatibleCheckpointError, UnknownModelError, WeightsNotFoundError
 from .hub import fetch_hub_file, resolve_weights, sha256_file, snapshot_commit
 from .registry import MODELS, ModelSpec, WeightsSource, get_spec, list_models
@@ -35,6 +34,7 @@ __all__ = [
     "CARD_NAME",
     "IncompatibleCheckpointError",
     "PublishedCheckpoint",
+    "Checkpoint",
     "parse_hub_id",
     "load_pretrained",
     "check_compatible",
@@ -64,8 +64,17 @@ def parse_hub_id(text: str) -> Optional[Tuple[str, str]]:
 # --------------------------------------------------------------------------- loading
 
 
-def load_pretrained(model: Union[str, Path], *, force: bool = False) -> Tuple[ModelSpec, StateDict]:
-    """Return ``(spec, state_dict)`` for a registry name, a local checkpoint or a Hub repo id.
+class Checkpoint(NamedTuple):
+    """A loaded checkpoint: its spec, its tensors, and the sha256 of the weights file they came
+    from (the registry's pinned hash for registered models, else the hash of ``model.safetensors``)."""
+
+    spec: ModelSpec
+    state_dict: StateDict
+    sha256: str
+
+
+def load_pretrained(model: Union[str, Path], *, force: bool = False) -> Checkpoint:
+    """Return a :class:`Checkpoint` for a registry name, a local checkpoint or a Hub repo id.
 
     Order: a registered name (``perface.list_models()``), then an existing local path (a
     directory from :func:`save_pretrained`, or its ``model.safetensors``), then a Hub repo id
@@ -79,7 +88,8 @@ def load_pretrained(model: Union[str, Path], *, force: bool = False) -> Tuple[Mo
         spec = get_spec(text)
         assert spec.weights is not None
         path = resolve_weights(spec.weights, spec.name, force=force)
-        return spec, _load_checked(spec, path, f"model {spec.name!r} ({path})")
+        sha = spec.weights.sha256 or sha256_file(path)
+        return Checkpoint(spec, _load_checked(spec, path, f"model {spec.name!r} ({path})"), sha)
     path = Path(text).expanduser()
     if path.exists():
         return _load_local(path)
@@ -106,7 +116,7 @@ def _read_config(path: Path, origin: str) -> ModelSpec:
         ) from exc
 
 
-def _load_local(path: Path) -> Tuple[ModelSpec, StateDict]:
+def _load_local(path: Path) -> Checkpoint:
     path = path.expanduser()
     if path.is_dir():
         config_path, weights_path = path / CONFIG_NAME, path / WEIGHTS_NAME
@@ -125,10 +135,10 @@ def _load_local(path: Path) -> Tuple[ModelSpec, StateDict]:
                 f"{WEIGHTS_NAME} and {CONFIG_NAME} (written by PerFace.save_pretrained)."
             )
     spec = _read_config(config_path, f"checkpoint {path}")
-    return spec, _load_checked(spec, weights_path, f"checkpoint {path}")
+    return Checkpoint(spec, _load_checked(spec, weights_path, f"checkpoint {path}"), sha256_file(weights_path))
 
 
-def _load_hub(text: str, repo_id: str, revision: str, force: bool) -> Tuple[ModelSpec, StateDict]:
+def _load_hub(text: str, repo_id: str, revision: str, force: bool) -> Checkpoint:
     try:
         config_path = fetch_hub_file(repo_id, CONFIG_NAME, revision, name=text, force=force)
     except WeightsNotFoundError as exc:
@@ -142,7 +152,8 @@ def _load_hub(text: str, repo_id: str, revision: str, force: bool) -> Tuple[Mode
     spec = _read_config(config_path, f"Hub checkpoint {text}")
     source = WeightsSource(kind="hub", repo_id=repo_id, filename=WEIGHTS_NAME, revision=commit, sha256="", size=0)
     weights_path = resolve_weights(source, text, force=force)
-    return spec, _load_checked(spec, weights_path, f"Hub checkpoint {text} ({weights_path})")
+    state_dict = _load_checked(spec, weights_path, f"Hub checkpoint {text} ({weights_path})")
+    return Checkpoint(spec, state_dict, sha256_file(weights_path))
 
 
 def _load_checked(spec: ModelSpec, path: Path, origin: str) -> StateDict:
@@ -217,22 +228,13 @@ def save_pretrained(model: "PerFace", directory: Union[str, Path], **overrides: 
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.net.state_dict().items()}
     check_compatible(spec, state, f"model {spec.name!r}")
     weights = directory / WEIGHTS_NAME
-    _atomic(weights, lambda tmp: save_file(state, str(tmp), metadata={
+    atomic_write(weights, lambda tmp: save_file(state, str(tmp), metadata={
         "format": "pt", "perface_version": __version__, "name": spec.name, "arch": spec.arch}))
     config = json.dumps(spec.to_config(), indent=2, sort_keys=True) + "\n"
-    _atomic(directory / CONFIG_NAME, lambda tmp: tmp.write_text(config))
+    atomic_write_text(directory / CONFIG_NAME, config)
     card = render_model_card(spec, sha256=sha256_file(weights), size=weights.stat().st_size)
-    _atomic(directory / CARD_NAME, lambda tmp: tmp.write_text(card, encoding="utf-8"))
+    atomic_write_text(directory / CARD_NAME, card)
     return directory
-
-
-def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,8 @@ from typing import Any, Dict, List, Optional
 
 from .errors import UnknownModelError
 
-__all__ = ["WeightsSource", "ModelSpec", "MODELS", "DEFAULT_MODEL", "get_spec", "list_models", "register"]
+__all__ = ["WeightsSource", "ModelSpec", "DetectorSpec", "MODELS", "DEFAULT_MODEL", "DETECTOR", "get_spec",
+           "list_models", "register"]
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,17 @@ class ModelSpec:
             return cls(**config)
         except TypeError as exc:  # a required key is missing
             raise ValueError(f"incompatible config: {exc}") from None
+
+
+@dataclass(frozen=True)
+class DetectorSpec:
+    """The face detector perface uses for photos: facexlib's RetinaFace ``arch`` with pinned weights."""
+
+    name: str
+    arch: str
+    weights: WeightsSource
+    license: str
+    description: str
 
 
 _SFACE_CITATION = (
@@ -162,6 +174,20 @@ register(ModelSpec(
 ))
 
 DEFAULT_MODEL = "sface"
+
+DETECTOR = DetectorSpec(
+    name="retinaface-mnet025",
+    arch="mobile0.25",
+    weights=WeightsSource(
+        kind="embedded",
+        filename="retinaface_mnet025.safetensors",
+        sha256="6797d194d9a89abfc594092a25da8aaa74c4210a304979c069a70de41f7490d8",
+        size=1760232,
+        provenance="converted by tools/convert_retinaface.py; see perface/weights/PROVENANCE.json",
+    ),
+    license="MIT",
+    description="RetinaFace with a mobilenet0.25 backbone (facexlib's architecture): boxes, 5 landmarks, scores",
+)
 
 
 def list_models() -> List[str]:

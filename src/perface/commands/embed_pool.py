@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import csv
 
-    from ..pool_cache import PhotoEmbedder, merge_shards, parse_shard, update_pool
+    from ..ranking.pool import PhotoEmbedder, merge_shards, parse_shard, update_pool
 
     try:
         shard = parse_shard(args.shard) if args.shard else None

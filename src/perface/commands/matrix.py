@@ -25,8 +25,8 @@ def similarity_matrix(embeddings):
 def run(args: argparse.Namespace) -> int:
     import csv
 
-    from ..pool_cache import PhotoEmbedder
-    from ..rank_plots import similarity_heatmap
+    from ..ranking.pool import PhotoEmbedder
+    from ..ranking.plots import similarity_heatmap
 
     if len(args.images) < 2:
         print("perface matrix: give at least two images", file=sys.stderr)

@@ -48,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..errors import PerFaceError
-    from ..pool_rank import rank
+    from ..ranking.rank import rank
 
     if args.limit is not None and args.band is None:
         print("perface rank: --limit goes with --band (use --top/--bottom otherwise)", file=sys.stderr)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..detection import DETECTOR_WEIGHTS
+from ..registry import DETECTOR
 from ..errors import PerFaceError
 from ..hub import verify_source
 from ..registry import MODELS, get_spec
@@ -23,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     sources = [(spec.name, spec.weights) for spec in specs if spec.weights is not None]
     if not args.names:
-        sources.append(("retinaface_mnet025 (face detector)", DETECTOR_WEIGHTS))
+        sources.append((f"{DETECTOR.name} (face detector)", DETECTOR.weights))
     bad = 0
     for name, source in sources:
         checks = verify_source(source, name)

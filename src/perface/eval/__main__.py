@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from typing import List, Optional
 
-from .._subcommands import dispatch
+from ..commands import dispatch
 
 # name -> (module, one-line help); modules load only when their subcommand runs
 SUBCOMMANDS = {

@@ -11,7 +11,7 @@ from typing import Optional, Sequence, Tuple, Union
 
 import torch
 
-from ._plotting import pyplot, save_figure
+from .._plotting import pyplot, save_figure
 
 __all__ = ["face_thumbnail", "contact_sheet", "similarity_histogram", "similarity_heatmap"]
 
@@ -24,7 +24,7 @@ def face_thumbnail(src, box: Optional[Sequence[float]] = None, size: int = 160, 
     widened by ``margin`` of its side, or the central square when ``box`` is None/NaN."""
     from PIL import Image
 
-    from .imageio import load_image
+    from ..imageio import load_image
 
     img = load_image(src)  # (3, H, W) in [0, 1], EXIF applied as for detection
     h, w = img.shape[1:]

@@ -2,8 +2,8 @@
 
 The PerFace paper's application: a source identity should be neither too similar to the target
 (the swap would not anonymize) nor too dissimilar (the swap would look unnatural). ``rank``
-embeds the pool once (cached, see :mod:`perface.pool_cache`), scores every face against the
-target with an exact chunked search (:mod:`perface.ranking`) and selects by a similarity band
+embeds the pool once (cached, see :mod:`perface.ranking.pool`), scores every face against the
+target with an exact chunked search (:mod:`perface.ranking.search`) and selects by a similarity band
 or the k most/least similar, optionally within attribute groups, excluding the target's own
 identity. The :class:`RankResult` writes a CSV, a contact sheet, a histogram and a failure
 report.
@@ -19,8 +19,8 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from .errors import NoFaceError
-from .ranking import DEFAULT_CHUNK_ROWS, Selection, _check_selection, search
+from ..errors import NoFaceError
+from .search import DEFAULT_CHUNK_ROWS, Selection, _check_selection, search
 
 __all__ = ["rank", "RankResult", "read_labels", "group_mask"]
 
@@ -35,7 +35,7 @@ class RankResult:
         target: the target's name (its path, or a description).
         target_source: what was passed as the target (for thumbnails).
         target_box: (4,) face box in the target photo (NaN if unknown).
-        pool: the :class:`~perface.pool_cache.Pool` ranked (files, embeddings, boxes, errors).
+        pool: the :class:`~perface.ranking.pool.Pool` ranked (files, embeddings, boxes, errors).
         selection: chosen rows, their similarities and every row's similarity.
         rule: the selection settings (band, top, bottom, exclude_identity, groups).
         model: name of the model that made the numbers.
@@ -112,7 +112,7 @@ class RankResult:
 
     def contact_sheet(self, path: PathLike, *, max_faces: int = 24, tile: int = 160) -> Path:
         """PNG: the target beside the first ``max_faces`` chosen faces, each with its score."""
-        from .rank_plots import contact_sheet
+        from .plots import contact_sheet
 
         target = (_thumbnail(self.target_source, self.target_box, tile), f"target\n{Path(self.target).name}")
         tiles = []
@@ -125,7 +125,7 @@ class RankResult:
 
     def histogram(self, path: PathLike) -> Path:
         """PNG histogram of all pool similarities, band and threshold marked, choices ticked."""
-        from .rank_plots import similarity_histogram
+        from .plots import similarity_histogram
 
         return similarity_histogram(self.selection.all_scores, path, band=self.rule.get("band"),
                                     exclude_above=self.rule.get("exclude_identity"), chosen=self.selection.scores,
@@ -146,8 +146,8 @@ def _thumbnail(src, box: torch.Tensor, tile: int):
     that changed or vanished since it was embedded)."""
     from PIL import Image, ImageDraw
 
-    from .errors import ImageReadError
-    from .rank_plots import face_thumbnail
+    from ..errors import ImageReadError
+    from .plots import face_thumbnail
 
     if isinstance(src, torch.Tensor) and src.dim() == 1:
         reason = "embedding"
@@ -214,7 +214,7 @@ def group_mask(
 
 
 def _as_pool(pool, embedder, cache, rebuild: bool):
-    from .pool_cache import Pool, update_pool
+    from .pool import Pool, update_pool
 
     if isinstance(pool, Pool):
         return pool
@@ -260,7 +260,7 @@ def rank(
         target: photo of the target (path, PIL image, array or tensor), or its (D,) embedding.
             When it is a file of the pool, that file is never chosen.
         pool: a folder of photos (embedded once and cached), a list of image paths, or a
-            :class:`~perface.pool_cache.Pool`.
+            :class:`~perface.ranking.pool.Pool`.
         band: (lo, hi): keep faces with lo <= similarity <= hi, most similar first.
         top, bottom: the k most / least similar (inside the band if one is given). With none
             of band/top/bottom, every face is returned, most similar first.
@@ -274,7 +274,7 @@ def rank(
             Lists of paths are cached only when a folder is given.
         rebuild: re-embed everything, ignoring the cache.
         batch_size, num_workers, progress: embedding settings (DataLoader workers, tqdm bar).
-        device: where the backbone runs (see :class:`~perface.pool_cache.PhotoEmbedder`).
+        device: where the backbone runs (see :class:`~perface.ranking.pool.PhotoEmbedder`).
         chunk_size: rows per search step (memory bound, see :func:`perface.ranking.search`).
 
     Returns:
@@ -283,8 +283,8 @@ def rank(
     Raises:
         NoFaceError / ImageReadError: the target has no usable face.
     """
-    from .errors import ImageReadError
-    from .pool_cache import PhotoEmbedder
+    from ..errors import ImageReadError
+    from .pool import PhotoEmbedder
 
     _check_selection(band, top, bottom, exclude_identity, None, 0)  # before any slow embedding
     if group and labels is None:

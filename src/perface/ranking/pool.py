@@ -28,7 +28,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .imageio import IMAGE_SUFFIXES
+from ..imageio import IMAGE_SUFFIXES
 
 __all__ = [
     "Pool",
@@ -103,10 +103,10 @@ class Pool:
 def face_crop(src, template: str, size: int, device="cpu") -> Tuple[torch.Tensor, torch.Tensor]:
     """The most prominent face of ``src`` aligned to ``template``: (3, size, size) in [0, 1],
     and its box (4,) xyxy in photo pixels. Raises NoFaceError / ImageReadError."""
-    from .alignment import choose_faces, similarity_transform, warp_affine
-    from .detection import get_detector
-    from .imageio import describe, load_image
-    from .templates import template_points
+    from ..alignment import choose_faces, similarity_transform, warp_affine
+    from ..detection import get_detector
+    from ..imageio import describe, load_image
+    from ..templates import template_points
 
     img = load_image(src)
     face = choose_faces(get_detector(device).detect_padded(img), None, describe(src))[0]
@@ -124,7 +124,7 @@ class _Faces(Dataset):
         return len(self.sources)
 
     def __getitem__(self, i: int):
-        from .errors import PerFaceError
+        from ..errors import PerFaceError
 
         try:
             with torch.no_grad():
@@ -150,7 +150,7 @@ class PhotoEmbedder:
 
     def __init__(self, model="sface", *, batch_size: int = 32, num_workers: int = 0, progress: bool = True,
                  device: Union[str, torch.device, None] = None) -> None:
-        from .model import PerFace
+        from ..model import PerFace
 
         self.metric = model if isinstance(model, PerFace) else PerFace(model)
         if device == "auto":

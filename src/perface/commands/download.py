@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 
-from ..errors import PerFaceError
 from ..hub import hub_cache_dir, import_weights, perface_cache_dir, resolve_weights
 from ..pretrained import load_pretrained, parse_hub_id
 from ..registry import MODELS, get_spec
@@ -24,23 +22,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        if args.name in MODELS:
-            spec = get_spec(args.name)
-            assert spec.weights is not None
-            if args.from_file is not None:
-                path = import_weights(spec.weights, spec.name, args.from_file)
-            else:
-                path = resolve_weights(spec.weights, spec.name, force=args.force, timeout=args.timeout)
-        elif parse_hub_id(args.name) is not None and args.from_file is None and not Path(args.name).exists():
-            load_pretrained(args.name, force=args.force)
-            path = hub_cache_dir()
+    if args.name in MODELS:
+        spec = get_spec(args.name)
+        assert spec.weights is not None
+        if args.from_file is not None:
+            path = import_weights(spec.weights, spec.name, args.from_file)
         else:
-            get_spec(args.name)  # unknown name: raises with suggestions
-            return 2
-    except (PerFaceError, FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+            path = resolve_weights(spec.weights, spec.name, force=args.force, timeout=args.timeout)
+    elif parse_hub_id(args.name) is not None and args.from_file is None and not Path(args.name).exists():
+        load_pretrained(args.name, force=args.force)
+        path = hub_cache_dir()
+    else:
+        get_spec(args.name)  # unknown name: raises UnknownModelError with suggestions (exit 2)
+        return 2
     print(f"{args.name}: ready at {path}")
     print(f"caches: Hugging Face {hub_cache_dir()}, perface {perface_cache_dir()}")
     return 0

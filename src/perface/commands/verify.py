@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-from ..registry import DETECTOR
-from ..errors import PerFaceError
 from ..hub import verify_source
-from ..registry import MODELS, get_spec
+from ..registry import DETECTOR, MODELS, get_spec
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -16,11 +13,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        specs = [get_spec(n) for n in args.names] if args.names else [MODELS[n] for n in sorted(MODELS)]
-    except PerFaceError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    specs = [get_spec(n) for n in args.names] if args.names else [MODELS[n] for n in sorted(MODELS)]
     sources = [(spec.name, spec.weights) for spec in specs if spec.weights is not None]
     if not args.names:
         sources.append((f"{DETECTOR.name} (face detector)", DETECTOR.weights))

@@ -38,7 +38,7 @@ from .assign import Assigner
 from .store import STORE_FILE, AnswerConflict, AnswerStore, check_annotator
 from .study import SLOTS, Study, load_study
 
-__all__ = ["create_app", "serve", "check_images", "is_loopback", "TOKEN_ENV"]
+__all__ = ["create_app", "serve", "check_images", "is_loopback", "access_token", "TOKEN_ENV"]
 
 TOKEN_ENV = "PERFACE_ANNOTATE_TOKEN"
 COOKIE = "perface_annotate_token"
@@ -256,6 +256,22 @@ def _has_token(scope: Dict[str, Any], token: str) -> bool:
     return any(o and hmac.compare_digest(o.encode(), token.encode()) for o in offered)
 
 
+def access_token(host: str, allow_remote: bool = False, token: Optional[str] = None) -> Optional[str]:
+    """The token requests must carry when serving on ``host`` (None: no token needed).
+
+    Loopback hosts need none unless one is given (``token`` or ``$PERFACE_ANNOTATE_TOKEN``).
+    Any other host is refused without ``allow_remote`` (``ValueError``), and with it always has a
+    token: the one given, else a random one (24 bytes, URL-safe).
+    """
+    token = token or os.environ.get(TOKEN_ENV) or None
+    if is_loopback(host):
+        return token
+    if not allow_remote:
+        raise ValueError(f"--host {host} would let other machines reach the annotation page; add --allow-remote "
+                         "to mean it (an access token is then required), or keep the default 127.0.0.1")
+    return token or secrets.token_urlsafe(24)
+
+
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -293,10 +309,7 @@ def serve(study_dir: Union[str, Path], host: str = "127.0.0.1", port: int = 8765
 
     stream = sys.stdout if stream is None else stream
     loopback = is_loopback(host)
-    if not loopback and not allow_remote:
-        raise ValueError(f"--host {host} would let other machines reach the annotation page; add --allow-remote "
-                         "to mean it (an access token is then required), or keep the default 127.0.0.1")
-    token = token or os.environ.get(TOKEN_ENV) or (None if loopback else secrets.token_urlsafe(24))
+    token = access_token(host, allow_remote, token)
     study = load_study(study_dir)
     check_images(study)
     lock = file_lock(study.root / STORE_FILE, timeout=0)

@@ -242,15 +242,17 @@ def design_triplets(groups: Dict[str, List[Tuple[Path, str]]], n: Optional[int] 
         members = list(groups[name])
         rng.shuffle(members)
         triples = []
-        while len(members) >= 3:
-            picked = [members.pop(0)]
-            for k, member in enumerate(members):
+        while True:
+            picked: List[Tuple[Path, str]] = []
+            for member in members:
                 if member[1] not in {m[1] for m in picked}:
-                    picked.append(members.pop(k))
+                    picked.append(member)
                     if len(picked) == 3:
                         break
             if len(picked) < 3:
                 break
+            for member in picked:
+                members.remove(member)
             triples.append((name, (picked[0][0], picked[1][0], picked[2][0])))
         per_group.append(triples)
     total = sum(len(t) for t in per_group)

@@ -90,8 +90,12 @@ def _make(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from ..annotate.server import serve
+    from ..annotate.server import access_token, serve
 
+    try:
+        access_token(args.host, args.allow_remote, args.token)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     if not 0 <= args.port <= 65535:
         raise UsageError(f"--port {args.port}: expected 0-65535")
     if args.answers_per_triplet < 0:

@@ -282,7 +282,7 @@ def _bind(host: str, port: int) -> socket.socket:
         sock.close()
         raise OSError(exc.errno, f"cannot listen on {host}:{port} ({exc.strerror}); choose another --port "
                                  "or stop the program using it") from None
-    sock.set_inheritable(True)
+    sock.listen(128)  # connections wait in the backlog until uvicorn accepts them
     return sock
 
 

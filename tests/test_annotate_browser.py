@@ -117,10 +117,12 @@ class Annotator:
             await self.press(choice)
 
 
-async def _shot(page, name: str) -> None:
+async def _shot(page, name: str, whole: bool = True) -> None:
+    """Save a screenshot to $PERFACE_SCREENSHOTS: the viewport, or (``whole=False``) the page's content."""
     if SHOTS:
         Path(SHOTS).mkdir(parents=True, exist_ok=True)
-        await page.screenshot(path=str(Path(SHOTS) / name))
+        target = page if whole else page.locator("main")
+        await target.screenshot(path=str(Path(SHOTS) / name))
 
 
 async def _scenario(study: Path) -> Dict:
@@ -142,7 +144,7 @@ async def _scenario(study: Path) -> Dict:
             await alice.page.goto(base + "?annotator=alice")
             await bob.page.goto(base)
             await bob.page.wait_for_selector("body[data-state=login]")
-            await _shot(bob.page, "annotate-login.png")
+            await _shot(bob.page, "annotate-login.png", whole=False)
             await bob.page.fill("#annotator", "bob")
             await bob.page.click("#start")
             await alice.state()
@@ -163,7 +165,7 @@ async def _scenario(study: Path) -> Dict:
             await alice.state()
             resumed = await alice.page.evaluate("document.body.dataset.done")
             await asyncio.gather(alice.answer(100), bob.answer(100))
-            await _shot(bob.page, "annotate-done.png")
+            await _shot(bob.page, "annotate-done.png", whole=False)
             done_text = await bob.page.inner_text("#done")
             await browser.close()
         restarted.stop()

@@ -21,7 +21,7 @@ from perface.annotate.assign import Assigner
 from perface.annotate.export import export, write_report
 from perface.annotate.make import make_study
 from perface.annotate.store import AnswerConflict, AnswerStore
-from perface.annotate.study import Item, load_study, write_study
+from perface.annotate.study import load_study, write_study
 from perface.annotate.triplets import (catch_trials, collect_images, design_triplets, load_groups, n_possible,
                                        random_triplets)
 

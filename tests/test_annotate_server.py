@@ -20,7 +20,7 @@ from typing import Dict, Optional, Tuple
 import pytest
 
 from perface.annotate.server import access_token
-from perface.annotate.study import load_study, write_study
+from perface.annotate.study import write_study
 from perface.annotate.triplets import catch_trials, collect_images, random_triplets
 
 pytest.importorskip("starlette")

@@ -18,6 +18,7 @@ COMMANDS = {
     "models": ("perface.commands.models", "list the checkpoints: status (embedded/cached/downloadable), size, license"),
     "download": ("perface.commands.download", "fetch a checkpoint into the local cache for offline use"),
     "verify": ("perface.commands.verify", "re-check the sha256 of embedded and cached weights"),
+    "annotate": ("perface.commands.annotate", "collect people's triplet judgments in a browser: make, serve, export"),
 }
 
 

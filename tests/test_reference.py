@@ -127,3 +127,11 @@ def test_duplicate_rule_finds_the_re_encoded_copy_only(faces_dir):
     assert {c.name: k.name for c, k in tool.find_duplicates(files).items()} == {"obama2_rgba.png": "obama2.jpg"}
     with pytest.raises(ValueError, match="matches no --person pattern"):
         tool.person_of("someone.jpg", [("obama", "obama*")])
+
+
+def test_module_docstring_example_is_what_reading_prints():
+    import perface.reference as ref
+
+    doc = ref.__doc__
+    shown = doc[doc.index("    0.750:"):doc.index("threshold.", doc.index("    0.750:")) + len("threshold.")]
+    assert " ".join(shown.split()) == str(reading(0.75, "sface"))

@@ -79,28 +79,38 @@ def _flatten(d: Dict[str, object], prefix: str = "") -> Dict[str, object]:
     return out
 
 
-def markdown(results: Dict[str, Dict[str, object]], machine: Dict[str, object], quick: bool) -> str:
+def machine_lines(machine: Dict[str, object], quick: bool, run_at: str) -> List[str]:
+    """The "Mode ... run at" line and the machine table."""
+    lines = [f"Mode: {'quick' if quick else 'full'}; run {run_at}.", "", "| machine | |", "|---|---|"]
+    return lines + [f"| {k} | {_cell(v)} |" for k, v in machine.items()]
+
+
+def section_lines(name: str, res: Dict[str, object], level: int = 2) -> List[str]:
+    """One benchmark's heading, table (rows, or the flattened result) and notes."""
+    lines = [f"{'#' * level} {res.get('title', name)} (`bench_{name}.py`, {res.get('seconds', '?')} s)", ""]
+    if "error" in res:
+        return lines + [f"**failed**: {res['error']}"]
+    rows = res.get("rows")
+    if isinstance(rows, list) and rows and all(isinstance(r, dict) for r in rows):
+        cols: List[str] = []
+        for r in rows:
+            cols += [c for c in r if c not in cols]
+        lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        lines += ["| " + " | ".join(_cell(r.get(c, "")) for c in cols) + " |" for r in rows]
+    else:
+        flat = _flatten({k: v for k, v in res.items() if k not in ("title", "seconds", "notes")})
+        lines += ["| result | value |", "|---|---|"] + [f"| {k} | {_cell(v)} |" for k, v in flat.items()]
+    notes = res.get("notes") or []
+    return lines + [""] + [f"- {n}" for n in ([notes] if isinstance(notes, str) else notes)]
+
+
+def markdown(results: Dict[str, Dict[str, object]], machine: Dict[str, object], quick: bool,
+             run_at: Optional[str] = None) -> str:
     """The benchmark report: machine details, then one table per benchmark."""
-    lines = ["# perface benchmarks", "", f"Mode: {'quick' if quick else 'full'}; "
-             f"run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", "", "| machine | |", "|---|---|"]
-    lines += [f"| {k} | {_cell(v)} |" for k, v in machine.items()]
+    run_at = run_at or time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    lines = ["# perface benchmarks", ""] + machine_lines(machine, quick, run_at)
     for name, res in results.items():
-        lines += ["", f"## {res.get('title', name)} (`bench_{name}.py`, {res.get('seconds', '?')} s)", ""]
-        if "error" in res:
-            lines.append(f"**failed**: {res['error']}")
-            continue
-        rows = res.get("rows")
-        if isinstance(rows, list) and rows and all(isinstance(r, dict) for r in rows):
-            cols: List[str] = []
-            for r in rows:
-                cols += [c for c in r if c not in cols]
-            lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-            lines += ["| " + " | ".join(_cell(r.get(c, "")) for c in cols) + " |" for r in rows]
-        else:
-            flat = _flatten({k: v for k, v in res.items() if k not in ("title", "seconds", "notes")})
-            lines += ["| result | value |", "|---|---|"] + [f"| {k} | {_cell(v)} |" for k, v in flat.items()]
-        notes = res.get("notes") or []
-        lines += [""] + [f"- {n}" for n in ([notes] if isinstance(notes, str) else notes)]
+        lines += [""] + section_lines(name, res)
     return "\n".join(lines) + "\n"
 
 
@@ -116,6 +126,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     machine = machine_info()
     machine["threads_requested"] = args.threads or "default"
+    run_at = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     results: Dict[str, Dict[str, object]] = {}
     for name in args.only or names:
         print(f"[run_all] bench_{name} ...", flush=True)
@@ -123,11 +134,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"[run_all] bench_{name}: " + ("failed: " + str(results[name]["error"]) if "error" in results[name]
                                              else f"{results[name]['seconds']} s"), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps({"machine": machine, "quick": args.quick,
+    (args.out / "results.json").write_text(json.dumps({"machine": machine, "quick": args.quick, "run_at": run_at,
                                                        "results": results}, indent=2, default=str))
-    text = markdown(results, machine, args.quick)
+    text = markdown(results, machine, args.quick, run_at)
     (args.out / "results.md").write_text(text)
     print(text)
+    print(f"[run_all] to put these numbers into docs/benchmarks.md: python tools/render_benchmarks.py "
+          f"{args.out / 'results.json'}")
     return 1 if any("error" in r for r in results.values()) else 0
 
 

@@ -140,3 +140,36 @@ def test_module_entry_point_lists_the_subcommands():
     proc = subprocess.run([sys.executable, "-m", "perface.eval", "--help"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "anonymization" in proc.stdout and "attributes" in proc.stdout
+
+
+def test_every_output_carries_the_metric_signature_and_the_small_set_warning(anon_out):
+    from perface import PerFace
+    from perface.signature import signature_of
+
+    sig = str(signature_of(PerFace("sface"), "detect"))
+    s = json.loads((anon_out / "summary.json").read_text())
+    assert s["models"][0]["signature"] == sig
+    with open(anon_out / "pairs.csv") as f:
+        assert {r["signature_sface"] for r in csv.DictReader(f)} == {sig}
+    report = (anon_out / "report.md").read_text()
+    assert sig in report
+    # 5 matched pairs, at most 4 scored: far too few for a bootstrap CI, and said so in the report
+    assert any(w.startswith("only ") and "pairs scored by sface" in w for w in s["warnings"])
+    assert "## Warnings" in report and "pairs scored by sface" in report
+    # the mean similarity is read against the shipped reference set
+    assert s["models"][0]["reference_reading"]["reference"] == "shared-faces-v1"
+    assert "Reference set 'shared-faces-v1'" in report
+
+
+def test_no_partial_report_folder_when_writing_fails(anon_out, tmp_path, monkeypatch):
+    from perface.eval import anonymization
+
+    report = json.loads((anon_out / "summary.json").read_text())
+
+    def broken(*_):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(anonymization, "_histogram", broken)
+    with pytest.raises(KeyboardInterrupt):
+        anonymization.write_report(report, tmp_path / "out")
+    assert not (tmp_path / "out").exists() and list(tmp_path.iterdir()) == []

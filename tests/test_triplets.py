@@ -188,7 +188,7 @@ def test_eval_triplets_table(tmp_path, faces_dir, capsys):
     (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
     save_pretrained(PerFace("sface"), tmp_path / "copy", name="sface-copy")  # a local checkpoint as second model
     args = ["triplets", "--data", str(tmp_path / "t.csv"), "--images", "crops", "--crop-template", "arcface",
-            "--model", "sface", "--model", str(tmp_path / "copy"), "--no-progress", "--bootstrap", "200",
+            "--model", "sface", "--model", str(tmp_path / "copy"), "--quiet", "--bootstrap", "200",
             "--output", str(tmp_path / "t.json"), "--output", str(tmp_path / "t.csv.out.csv")]
     assert main(args) == 0
     table = capsys.readouterr().out

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Union
+from typing import Sequence, Union
 
 
 def pyplot():
@@ -18,9 +18,21 @@ def pyplot():
     return plt
 
 
-def save_figure(fig, path: Union[str, Path], dpi: Union[float, str] = "figure") -> Path:
-    """Lay out ``fig`` and write it to ``path`` (parents created); returns the path."""
-    fig.tight_layout()
+def save_figure(fig, path: Union[str, Path], dpi: Union[float, str] = "figure", footer: Sequence[str] = ()) -> Path:
+    """Lay out ``fig`` and write it to ``path`` (parents created); returns the path.
+
+    ``footer``: lines in small monospace type under the plot (e.g. the metric signature, so that a
+    copied figure still says which metric made it); space is reserved for them.
+    """
+    lines = [line for line in footer if line]
+    if lines:
+        height = fig.get_figheight()
+        reserve = min(0.4, (0.06 + 0.12 * len(lines)) / height)  # inches -> figure fraction
+        fig.tight_layout(rect=(0, reserve, 1, 1))
+        fig.text(0.01, 0.01, "\n".join(lines), fontsize=6, color="0.35", ha="left", va="bottom",
+                 family="monospace")
+    else:
+        fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi)

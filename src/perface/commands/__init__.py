@@ -50,8 +50,8 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = _plain(action.help or "")
-        if ("default" not in text.lower() and action.default not in (None, False, argparse.SUPPRESS)
-                and action.option_strings and action.nargs != 0):
+        hidden = action.default is None or action.default is False or action.default is argparse.SUPPRESS
+        if "default" not in text.lower() and not hidden and action.option_strings and action.nargs != 0:
             text += " (default: %(default)s)"
         return text
 
@@ -60,7 +60,8 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 
 def _plain(text: str) -> str:
-    return re.sub(r"``([^`]+)``", r"'\1'", text).replace(":func:", "").replace(":class:", "")
+    text = re.sub(r":(?:py:)?[a-z]+:`~?([^`]+)`", r"'\1'", text)  # reST roles (:func:`x`, :mod:`~a.b`)
+    return re.sub(r"``([^`]+)``", r"'\1'", text)
 
 
 def make_parser(prog: str, description: str) -> argparse.ArgumentParser:

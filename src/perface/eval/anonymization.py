@@ -5,7 +5,9 @@ every model asked for (a perceptual PerFace checkpoint and/or identity baselines
 a bootstrap 95% CI, the verification rate at given thresholds (pairs a verifier would still link)
 and top-1/top-5 re-identification of each anonymized face in a gallery (the originals by
 default). Unreadable files and photos without a face are counted and listed, never dropped.
-Writes ``report.md``, ``pairs.csv``, ``summary.json`` and ``similarity_hist.png``.
+Writes ``report.md``, ``pairs.csv``, ``summary.json`` and ``similarity_hist.png``, each with the
+metric signature of every model; sets too small for their intervals to mean much are warned
+about, on the terminal and in the report.
 """
 
 from __future__ import annotations
@@ -21,8 +23,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 
 from .._plotting import pyplot, save_figure
+from ..commands import add_quiet
 from ..imageio import IMAGE_SUFFIXES
 from ..registry import DEFAULT_MODEL
+from .report import (Notes, band, count_axis, headroom, reference_reading, threshold_lines, warnings_markdown,
+                     write_outputs)
 
 __all__ = ["list_images", "match_pairs", "reid_ranks", "evaluate", "write_report",
            "add_arguments", "run"]
@@ -84,6 +89,7 @@ class ModelResult:
 
     name: str
     perceptual: bool
+    signature: str  # perface.signature.signature_of(metric, "detect")
     similarities: Dict[str, float]  # pair key -> cosine (successful pairs only)
     failures: List[Dict[str, str]]  # {"file", "role", "reason"}
     summary: Dict[str, object] = field(default_factory=dict)
@@ -148,8 +154,12 @@ def evaluate(
 
     ``identities``: optional CSV ``file,identity`` naming who is in each file (files not listed
     are their own identity), so several photos of one person count as correct re-identifications.
+    Warns (``UserWarning``, also listed under ``"warnings"``) when fewer than
+    :data:`~perface.eval.report.MIN_ITEMS` pairs are scored or when the gallery has too few
+    identities for a re-identification rate to mean anything.
     """
     from ..model import PerFace
+    from ..signature import signature_of
 
     orig_files, skipped_o = list_images(original)
     anon_files, skipped_a = list_images(anonymized)
@@ -161,6 +171,7 @@ def evaluate(
     ids = _identity_map(identities)
     ident = lambda key: ids.get(key, key)  # noqa: E731
     gal_keys = sorted(gal_files)
+    notes = Notes()
 
     results: List[ModelResult] = []
     for name in models:
@@ -186,10 +197,22 @@ def evaluate(
         g_keep = [k for k, good in zip(gal_keys, g_ok) if good]
         ranks = reid_ranks(a_emb[a_ok], [ident(k) for k, good in zip(keys, a_ok) if good],
                            g_emb[g_ok], [ident(k) for k in g_keep])
-        res = ModelResult(model.name, bool(model.spec.perceptual), similarities, failures)
-        res.summary = _summarize(list(similarities.values()), thresholds, ranks,
-                                 len({ident(k) for k in g_keep}), seed)
+        res = ModelResult(model.name, bool(model.spec.perceptual), str(signature_of(model, "detect")),
+                          similarities, failures)
+        n_ids = len({ident(k) for k in g_keep})
+        res.summary = _summarize(list(similarities.values()), thresholds, ranks, n_ids, seed)
         res.summary["failed_pairs"] = len(keys) - int(both.sum())
+        mean = res.summary.get("similarity", {}).get("mean") if similarities else None
+        res.summary["reference_reading"] = reference_reading(mean, model)
+        notes.small_set(len(similarities), f"pairs scored by {model.name}")
+        if n_ids < 2:
+            notes.warn(f"{model.name}: the gallery has {n_ids} identit{'y' if n_ids == 1 else 'ies'} with a usable "
+                       "face; re-identification needs at least 2 to mean anything (pass --gallery with more "
+                       "people, or --identities)")
+        elif n_ids <= max(TOP_K):
+            notes.warn(f"{model.name}: the gallery has only {n_ids} identities, so top-{max(TOP_K)} "
+                       "re-identification is 1.0 by construction; compare top-1 with its chance level "
+                       f"{1 / n_ids:.3f}")
         results.append(res)
 
     return {
@@ -202,7 +225,9 @@ def evaluate(
         "keys": keys,
         "files": {k: [str(orig_files[k]), str(anon_files[k])] for k in keys},
         "models": [{"model": r.name, "kind": "perceptual" if r.perceptual else "identity baseline",
-                    **r.summary, "failures": r.failures, "similarities": r.similarities} for r in results],
+                    "signature": r.signature, **r.summary, "failures": r.failures,
+                    "similarities": r.similarities} for r in results],
+        "warnings": notes.items,
     }
 
 
@@ -223,7 +248,10 @@ def _markdown(report: Dict[str, object]) -> str:
         "Verification at t: share of pairs with similarity >= t (a verifier would link them). "
         "Re-identification: share of anonymized faces whose true identity ranks in the top k of "
         "the gallery (lower is more anonymous).", "",
+        "Metric signatures (cite them with the numbers):", "",
     ]
+    lines += [f"- `{m['model']}`: `{m['signature']}`" for m in models] + [""]
+    lines += warnings_markdown(report.get("warnings") or [])
     head = ["model", "kind", "pairs", "failed pairs", "mean similarity"]
     head += [f"verified @{t:g}" for t in report["thresholds"]] + [f"re-id top-{k}" for k in TOP_K]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -238,6 +266,8 @@ def _markdown(report: Dict[str, object]) -> str:
             lines.append(f"\n`{m['model']}`: re-identification over {m['reid_queries']} anonymized faces "
                          f"against {m['reid_gallery_identities']} gallery identities (chance: {chance}); "
                          f"{m['reid_no_true_match']} without their identity in the gallery.")
+        if m.get("reference_reading"):
+            lines.append(f"\n`{m['model']}`: mean similarity {m['reference_reading']['text']}")
     un = report["unmatched"]
     problems = [f"- original without anonymized counterpart: `{f}`" for f in un["original_only"]]
     problems += [f"- anonymized without original: `{f}`" for f in un["anonymized_only"]]
@@ -250,60 +280,82 @@ def _markdown(report: Dict[str, object]) -> str:
 
 
 def _histogram(report: Dict[str, object], path: Path) -> None:
+    """Per-model histograms of the pair similarities, the verification thresholds labelled with
+    their values, and (for a model with a shipped reference set) the band its same-person pairs span."""
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    fig, ax = plt.subplots(figsize=(7.0, 4.4))
     for m in report["models"]:
         values = list(m["similarities"].values())
         if values:
-            ax.hist(values, bins=40, range=(-1, 1), alpha=0.5,
-                    label=f"{m['model']} ({m['kind']})")
-    for i, t in enumerate(report["thresholds"]):
-        ax.axvline(t, color="grey", linestyle=":", linewidth=1, label="verification thresholds" if i == 0 else None)
-    ax.set_xlabel("similarity of anonymized to original (cosine)")
+            ax.hist(values, bins=40, range=(-1, 1), alpha=0.5, label=f"{m['model']} ({m['kind']}), {len(values)} pairs")
+        ref = m.get("reference_reading")
+        if ref and ref.get("same_range"):
+            lo, hi = ref["same_range"]
+            band(ax, lo, hi, f"{m['model']}: same-person pairs of reference set '{ref['reference']}'")
+    threshold_lines(ax, report["thresholds"], "verification thresholds t (pairs >= t count as linked)")
+    count_axis(ax.yaxis)
+    headroom(ax)
+    ax.set_xlim(-1, 1)
+    ax.set_xlabel("cosine similarity of each anonymized face to its original (1 = same face)")
     ax.set_ylabel("pairs")
-    ax.set_title(f"{report['matched_pairs']} pairs")
-    ax.legend(fontsize=8)
+    models = ", ".join(f"{m['model']} ({m['kind']})" for m in report["models"])
+    anonymized, original = Path(str(report["anonymized"])).name, Path(str(report["original"])).name
+    ax.set_title(f"Anonymized vs original: {report['matched_pairs']} matched pairs, model {models}\n"
+                 f"anonymized {anonymized}/ vs original {original}/", fontsize=9, pad=12)
+    ax.legend(fontsize=7, loc="upper left")
     try:
-        save_figure(fig, path, dpi=120)
+        save_figure(fig, path, dpi=120, footer=[m["signature"] for m in report["models"]])
     finally:
         plt.close(fig)
 
 
-def write_report(report: Dict[str, object], out: Path, plot: bool = True) -> Dict[str, Path]:
-    """Write ``report.md``, ``pairs.csv``, ``summary.json`` (and the histogram) into ``out``."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {"markdown": out / "report.md", "csv": out / "pairs.csv", "json": out / "summary.json"}
-    paths["markdown"].write_text(_markdown(report), encoding="utf-8")
-    paths["json"].write_text(json.dumps(report, indent=2), encoding="utf-8")
-    with open(paths["csv"], "w", newline="", encoding="utf-8") as f:
+def _write_pairs_csv(report: Dict[str, object], path: Path) -> None:
+    """One row per matched pair: each model's similarity and the signature of the metric that made it."""
+    models = report["models"]
+    with open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
-        w.writerow(["name", "original", "anonymized"] + [f"similarity_{m['model']}" for m in report["models"]])
+        w.writerow(["name", "original", "anonymized"] + [f"similarity_{m['model']}" for m in models]
+                   + [f"signature_{m['model']}" for m in models])
         for key in report["keys"]:
-            sims = [m["similarities"].get(key, math.nan) for m in report["models"]]
-            w.writerow([key, *report["files"][key]] + ["" if math.isnan(s) else f"{s:.6f}" for s in sims])
+            sims = [m["similarities"].get(key, math.nan) for m in models]
+            w.writerow([key, *report["files"][key]] + ["" if math.isnan(s) else f"{s:.6f}" for s in sims]
+                       + [m["signature"] for m in models])
+
+
+def write_report(report: Dict[str, object], out: Path, plot: bool = True) -> Dict[str, Path]:
+    """Write ``report.md``, ``pairs.csv``, ``summary.json`` (and the histogram) into ``out``.
+
+    The files are written to a temporary folder and moved into ``out`` when all are complete.
+    """
+    writers = {
+        "markdown": ("report.md", lambda p: p.write_text(_markdown(report), encoding="utf-8")),
+        "csv": ("pairs.csv", lambda p: _write_pairs_csv(report, p)),
+        "json": ("summary.json", lambda p: p.write_text(json.dumps(report, indent=2), encoding="utf-8")),
+    }
     if plot:
-        paths["histogram"] = out / "similarity_hist.png"
-        _histogram(report, paths["histogram"])
-    return paths
+        writers["histogram"] = ("similarity_hist.png", lambda p: _histogram(report, p))
+    return write_outputs(Path(out), writers)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--original", required=True, type=Path, help="folder of original photos")
     parser.add_argument("--anonymized", required=True, type=Path,
                         help="folder of anonymized photos, same file names (any extension)")
-    parser.add_argument("--gallery", type=Path, help="re-identification gallery folder (default: the originals)")
+    parser.add_argument("--gallery", type=Path,
+                        help="re-identification gallery folder (default: the originals)")
     parser.add_argument("--model", action="append", dest="models", metavar="NAME",
-                        help=f"checkpoint name or path; repeat for several (default {DEFAULT_MODEL})")
-    parser.add_argument("--thresholds", type=float, nargs="+", default=list(DEFAULT_THRESHOLDS),
-                        help="similarity thresholds for the verification rate (default %(default)s)")
-    parser.add_argument("--identities", type=Path,
-                        help="CSV file,identity: who is in each original/gallery file (default: one identity per file)")
+                        help=f"checkpoint name or path; repeat for several (default: {DEFAULT_MODEL})")
+    parser.add_argument("--thresholds", type=float, nargs="+", default=list(DEFAULT_THRESHOLDS), metavar="T",
+                        help="similarity thresholds for the verification rate")
+    parser.add_argument("--identities", type=Path, metavar="CSV",
+                        help="CSV file,identity: who is in each original/gallery file (default: one identity "
+                        "per file)")
     parser.add_argument("--out", type=Path, default=Path("anonymization_eval"), help="output folder")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers for photo loading")
+    parser.add_argument("--batch-size", type=int, default=32, help="images embedded per batch")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="DataLoader worker processes for photo loading (0: in the main process)")
     parser.add_argument("--no-plot", action="store_true", help="skip the histogram PNG")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_quiet(parser)
 
 
 def run(args: argparse.Namespace) -> int:

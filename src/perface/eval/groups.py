@@ -13,7 +13,9 @@ from typing import Dict, List, Sequence
 
 import torch
 
-__all__ = ["group_distances", "classify", "GroupScores", "group_scores", "roc_auc", "t_quantile"]
+__all__ = ["MIN_GROUP_SIZE", "group_distances", "classify", "GroupScores", "group_scores", "roc_auc", "t_quantile"]
+
+MIN_GROUP_SIZE = 3  # images a group needs so that each member has 2 others: the fewest a t interval takes
 
 
 def t_quantile(q: float, df: torch.Tensor) -> torch.Tensor:
@@ -43,7 +45,8 @@ def group_distances(
     Returns:
         (N, G) float64: for query i and group g, ``mean + t * sd / sqrt(n)`` over the
         distances ``1 - cos(e_i, e_j)`` to the ``n`` members ``j != i`` of g. ``inf`` where a
-        group has fewer than 2 members besides the query (no interval), so it never wins.
+        group has fewer than 2 members besides the query (no interval), so it never wins: a
+        group of fewer than :data:`MIN_GROUP_SIZE` images is never predicted for its own members.
     """
     if embeddings.dim() != 2 or labels.shape != embeddings.shape[:1]:
         raise ValueError(f"expected embeddings (N, D) and labels (N,), got {tuple(embeddings.shape)} "

@@ -3,7 +3,8 @@
 A triplet counts as correct when the model finds the reference more similar to the face people
 chose than to the other one: ``sim(ref, pos) > sim(ref, neg)``. By default only unanimous
 (consistent) triplets are scored, as in the paper. One table, one row per model (the shape of
-the paper's Table 1), as markdown, CSV or JSON.
+the paper's Table 1), as markdown, CSV or JSON, each row with the metric signature of the model
+that made it. Fewer than 20 scored triplets get a warning: their CI is only a rough guide.
 """
 
 from __future__ import annotations
@@ -18,13 +19,18 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
+from .._io import atomic_write_text
+from ..commands import add_quiet
+from ..devices import resolve_device
+from ..signature import signature_of
 from ..stats import bootstrap_ci
 from ..train.data import TripletSet, load_triplets
 from ..train.dataset import TripletImages, align_photos
 from ..train.evaluate import triplet_correct, triplet_similarities
 from ..train.splits import make_split
+from .report import Notes
 
-__all__ = ["evaluate_triplets", "format_table", "add_arguments", "run"]
+__all__ = ["evaluate_triplets", "warn_small", "format_table", "add_arguments", "run"]
 
 
 def _load_model(name: str, data_template: Optional[str], align: str, device: torch.device):
@@ -87,12 +93,24 @@ def evaluate_triplets(
             est = bootstrap_ci(correct[idx], n=bootstrap, seed=seed)
             rows.append({"model": name, "checkpoint": metric.name, "template": metric.template,
                          "align": metric.align, "group": group, "accuracy": est.mean, "ci_low": est.low,
-                         "ci_high": est.high, "n": est.n, "failed": len(triplets) - len(data)})
+                         "ci_high": est.high, "n": est.n, "failed": len(triplets) - len(data),
+                         "signature": str(signature_of(metric, "detect" if photos is not None else None))})
     return rows
 
 
+def warn_small(rows: List[Dict[str, Any]]) -> List[str]:
+    """Warn (``UserWarning``) for each row scored on fewer than :data:`~perface.eval.report.MIN_ITEMS`
+    triplets; returns the messages."""
+    notes = Notes()
+    for r in rows:
+        notes.small_set(int(r["n"]), f"triplets scored for {r['model']}" + ("" if r["group"] == "all"
+                                                                             else f", group {r['group']!r}"))
+    return notes.items
+
+
 def format_table(rows: List[Dict[str, Any]], fmt: str = "markdown") -> str:
-    """``rows`` of :func:`evaluate_triplets` as ``markdown`` (one row per model), ``csv`` or ``json``."""
+    """``rows`` of :func:`evaluate_triplets` as ``markdown`` (one row per model, then each model's
+    metric signature), ``csv`` or ``json`` (every field, ``signature`` included)."""
     if fmt == "json":
         return json.dumps(rows, indent=2) + "\n"
     if fmt == "csv":
@@ -114,6 +132,7 @@ def format_table(rows: List[Dict[str, Any]], fmt: str = "markdown") -> str:
         vals = [f"{c['accuracy']:.3f} [{c['ci_low']:.3f}, {c['ci_high']:.3f}]" if (c := cell.get((m, g))) else "-"
                 for g in groups]
         lines.append("| " + " | ".join([m, first["template"], first["align"], *vals, str(first["n"])]) + " |")
+    lines += ["", "Metric signatures:", ""] + [f"- {m}: `{cell[(m, groups[0])]['signature']}`" for m in models]
     return "\n".join(lines) + "\n"
 
 
@@ -123,10 +142,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", choices=("photos", "crops"), help="triplet CSV: photos (default) or aligned crops")
     parser.add_argument("--crop-template", help="triplet CSV of crops: their template (arcface, simceleba, ffhq)")
     parser.add_argument("--model", action="append", dest="models", metavar="NAME_OR_DIR",
-                        help="model to score (repeat for several; default sface)")
+                        help="model to score; repeat for several (default: sface)")
     parser.add_argument("--split", help="score one part of a split: random, unseen, seen-source, seen-target or "
                         "a split .json (same options as training)")
-    parser.add_argument("--part", default="test", choices=("train", "val", "test"), help="part of --split to score")
+    parser.add_argument("--part", default="test", choices=("train", "val", "test"),
+                        help="part of --split to score")
     parser.add_argument("--seed", type=int, default=0, help="split seed (as in training) and bootstrap seed")
     parser.add_argument("--val-fraction", type=float, default=0.1, help="random split: validation fraction")
     parser.add_argument("--test-fraction", type=float, default=0.1, help="random split: test fraction")
@@ -138,15 +158,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="unanimous (consistent) triplets only, as in the paper, or all with a majority")
     parser.add_argument("--align", default="auto", choices=("auto", "none"),
                         help="auto: warp crops to each model's template when they differ; none: only resize")
-    parser.add_argument("--group-by", help="FILE.csv:COLUMN: also report accuracy per group (e.g. meta.csv:kind)")
+    parser.add_argument("--group-by", metavar="FILE.csv:COLUMN",
+                        help="also report accuracy per group of this column (e.g. meta.csv:kind; default: none)")
     parser.add_argument("--bootstrap", type=int, default=10000, help="bootstrap resamples for the 95%% CI")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers")
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--batch-size", type=int, default=64, help="triplets embedded per batch")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="DataLoader worker processes for image loading (0: in the main process)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available, else CPU), cpu, cuda, cuda:1 ...")
     parser.add_argument("--format", default="markdown", choices=("markdown", "csv", "json"), help="stdout format")
     parser.add_argument("--output", action="append", default=[], metavar="FILE",
-                        help="also write the table to FILE (.md, .csv or .json by its suffix; repeatable)")
-    parser.add_argument("--no-progress", dest="progress", action="store_false")
+                        help="also write the table to FILE (.md, .csv or .json by its suffix; repeatable; "
+                        "default: none)")
+    add_quiet(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -160,14 +183,14 @@ def run(args: argparse.Namespace) -> int:
     if len(triplets) == 0:
         print(f"no triplets to score in {args.data} (set {args.set!r}, split {args.split!r})", file=sys.stderr)
         return 1
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
-    rows = evaluate_triplets(args.models or ["sface"], triplets, args.align, _groups(args.group_by), args.batch_size,
-                             args.workers, device, args.bootstrap, args.seed, args.progress)
-    print(format_table(rows, args.format), end="")
     suffixes = {".md": "markdown", ".csv": "csv", ".json": "json"}
-    for out in args.output:
-        fmt = suffixes.get(Path(out).suffix.lower())
-        if fmt is None:
+    for out in args.output:  # before the slow part
+        if Path(out).suffix.lower() not in suffixes:
             raise ValueError(f"--output {out}: use a .md, .csv or .json file name")
-        Path(out).write_text(format_table(rows, fmt))
+    rows = evaluate_triplets(args.models or ["sface"], triplets, args.align, _groups(args.group_by), args.batch_size,
+                             args.workers, resolve_device(args.device), args.bootstrap, args.seed, not args.quiet)
+    warn_small(rows)
+    print(format_table(rows, args.format), end="")
+    for out in args.output:
+        atomic_write_text(out, format_table(rows, suffixes[Path(out).suffix.lower()]))
     return 0

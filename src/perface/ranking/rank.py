@@ -15,7 +15,7 @@ import csv
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -236,8 +236,8 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def rank(
-    target,
-    pool,
+    target: Any,
+    pool: Any,
     *,
     band: Optional[Tuple[float, float]] = None,
     top: Optional[int] = None,
@@ -245,13 +245,13 @@ def rank(
     exclude_identity: Optional[float] = None,
     labels: Optional[PathLike] = None,
     group: Union[str, Sequence[str], None] = None,
-    model="sface",
+    model: Any = "sface",
     cache: Union[PathLike, None, bool] = None,
     rebuild: bool = False,
     batch_size: int = 32,
     num_workers: int = 0,
     progress: bool = True,
-    device=None,
+    device: Any = None,
     chunk_size: int = DEFAULT_CHUNK_ROWS,
 ) -> RankResult:
     """Rank every face of ``pool`` by similarity to ``target`` and choose swap sources.
@@ -262,18 +262,21 @@ def rank(
         pool: a folder of photos (embedded once and cached), a list of image paths, or a
             :class:`~perface.ranking.pool.Pool`.
         band: (lo, hi): keep faces with lo <= similarity <= hi, most similar first.
-        top, bottom: the k most / least similar (inside the band if one is given). With none
-            of band/top/bottom, every face is returned, most similar first.
+        top: the k most similar (inside the band if one is given). With none of
+            band/top/bottom, every face is returned, most similar first.
+        bottom: the k least similar (inside the band if one is given).
         exclude_identity: similarity above which a face counts as the target's own identity
             and is dropped (e.g. a verification threshold of the model).
-        labels, group: a labels CSV (see :func:`read_labels`) and one or more groups
-            ``COLUMN`` (same value as the target) or ``COLUMN=VALUE``; only faces in every
-            group are chosen.
+        labels: a labels CSV (see :func:`read_labels`) naming each pool file's attributes.
+        group: with ``labels``, one or more groups ``COLUMN`` (same value as the target) or
+            ``COLUMN=VALUE``; only faces in every group are chosen.
         model: a :class:`perface.PerFace` or a model name/path.
         cache: cache folder for a pool folder (None: per-user default; False: none).
             Lists of paths are cached only when a folder is given.
         rebuild: re-embed everything, ignoring the cache.
-        batch_size, num_workers, progress: embedding settings (DataLoader workers, tqdm bar).
+        batch_size: images embedded per batch.
+        num_workers: DataLoader worker processes for loading and detecting.
+        progress: show a tqdm progress bar while embedding.
         device: where the backbone runs (see :class:`~perface.ranking.pool.PhotoEmbedder`).
         chunk_size: rows per search step (memory bound, see :func:`perface.ranking.search`).
 

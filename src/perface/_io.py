@@ -3,7 +3,7 @@
 Every file perface writes (caches, checkpoints, reports, plots, logs that are rewritten) goes
 through :func:`atomic_write`: the content is written to a uniquely named temporary file in the
 same folder, flushed and fsync'ed, given the permissions a plain ``open(path, "w")`` would
-give (``0o666 & ~umask``), then renamed over the destination (``os.replace``, atomic on POSIX
+give (those of the file it replaces, else ``0o666 & ~umask``), then renamed over the destination (``os.replace``, atomic on POSIX
 and Windows) and the folder entry is fsync'ed. A reader therefore sees the old file or the
 new one, never a partial one, and two writers never share a temporary name.
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import stat
 import tempfile
 import threading
 from pathlib import Path
@@ -49,6 +50,28 @@ def file_mode() -> int:
     return 0o666 & ~_umask()
 
 
+def _fsync_file(path: Path) -> None:
+    # Read-only descriptor on POSIX: the file may already carry its final, read-only mode.
+    if os.name == "posix":
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    else:
+        with open(path, "rb+") as fh:
+            os.fsync(fh.fileno())
+
+
+def _mode_for(path: Path) -> int:
+    """What ``open(path, "w")`` leaves: an existing file keeps its mode, a new one follows the umask."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return file_mode()
+    return stat.S_IMODE(st.st_mode) if stat.S_ISREG(st.st_mode) else file_mode()
+
+
 def _fsync_dir(folder: Path) -> None:
     if os.name != "posix":
         return
@@ -76,7 +99,9 @@ def atomic_write(path: PathLike, write: Callable[[Path], Any], *, durable: bool 
         durable: fsync the file and its folder (False for scratch files where speed matters more
             than surviving a power cut).
 
-    Returns the destination path. On any exception (including ``KeyboardInterrupt``) the
+    The new file gets the mode of the file it replaces, or ``0o666 & ~umask`` when there is
+    none (as ``open(path, "w")`` would). A symlink at ``path`` is replaced by the file, not
+    followed. Returns the destination path. On any exception (including ``KeyboardInterrupt``) the
     temporary file is removed, ``path`` is left as it was, and the exception propagates.
     Raises ``OSError`` (e.g. ``PermissionError``) when the folder cannot be written.
     """
@@ -87,10 +112,9 @@ def atomic_write(path: PathLike, write: Callable[[Path], Any], *, durable: bool 
     tmp = Path(tmp_name)
     try:
         write(tmp)
-        os.chmod(tmp, file_mode())  # mkstemp creates 0600; follow the umask like open() would
+        os.chmod(tmp, _mode_for(path))  # mkstemp creates 0600; give what open() would
         if durable:
-            with open(tmp, "rb+") as fh:
-                os.fsync(fh.fileno())
+            _fsync_file(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -133,9 +157,10 @@ def atomic_dir(path: PathLike) -> Iterator[Path]:
     """Build an output folder completely, then put it in place.
 
     Yields a fresh temporary folder next to ``path``; when the block ends without an exception,
-    each file in it is moved into ``path`` (created if missing; files of the same name are
-    replaced, others in ``path`` are kept), each move atomic. On an exception, including
-    ``KeyboardInterrupt``, the temporary folder is deleted and ``path`` is untouched.
+    the folder is renamed to ``path`` if there is none (one atomic step), else each file in it
+    is moved into ``path`` (files of the same name are replaced, others in ``path`` are kept;
+    sub-folders, empty ones included, are created), each move atomic. On an exception,
+    including ``KeyboardInterrupt``, the temporary folder is deleted and ``path`` is untouched.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -144,13 +169,18 @@ def atomic_dir(path: PathLike) -> Iterator[Path]:
         yield tmp
         os.chmod(tmp, 0o777 & ~_umask())
         if not path.exists():
-            os.replace(tmp, path)
-            _fsync_dir(path.parent)
-            return
+            try:
+                os.replace(tmp, path)
+            except OSError:  # another process created path meanwhile: merge into it below
+                pass
+            else:
+                _fsync_dir(path.parent)
+                return
         for item in sorted(tmp.rglob("*")):
-            if item.is_dir():
-                continue
             dest = path / item.relative_to(tmp)
+            if item.is_dir() and not item.is_symlink():
+                dest.mkdir(parents=True, exist_ok=True)
+                continue
             dest.parent.mkdir(parents=True, exist_ok=True)
             os.replace(item, dest)
         _fsync_dir(path)

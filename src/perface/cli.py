@@ -18,6 +18,7 @@ COMMANDS = {
     "models": ("perface.commands.models", "list the checkpoints: status (embedded/cached/downloadable), size, license"),
     "download": ("perface.commands.download", "fetch a checkpoint into the local cache for offline use"),
     "verify": ("perface.commands.verify", "re-check the sha256 of embedded and cached weights"),
+    "signature": ("perface.commands.signature", "print the metric signature to report with numbers, or --check one"),
 }
 
 

@@ -1,8 +1,9 @@
 """The model card (``README.md``) of a saved checkpoint: Hub metadata plus what a user must know.
 
 The YAML front matter is what the Hugging Face Hub indexes (license, library, tags); the body
-says what the similarity measures, what the network was trained on, its scores, its license,
-how to load it and what to cite.
+says what the similarity measures, what the network was trained on, its scores, the metric
+signature to report beside them (:mod:`perface.signature`), its license, how to load it and
+what to cite.
 """
 
 from __future__ import annotations
@@ -42,11 +43,34 @@ def _scores_table(scores: Dict[str, Any]) -> List[str]:
     return rows
 
 
+def _signature_section(spec: ModelSpec, sha256: str) -> List[str]:
+    from .signature import checkpoint_signature
+
+    aligned = checkpoint_signature(spec, sha256, "none")
+    photos = checkpoint_signature(spec, sha256, "detect")
+    return [
+        "## Metric signature",
+        "",
+        "Report the signature beside every number made with this checkpoint, so that readers can tell "
+        "whether two numbers come from the same metric (`metric.signature` prints it; "
+        "`perface signature --check 'SIGNATURE'` compares it with an installed perface):",
+        "",
+        f"- aligned {spec.input_size}x{spec.input_size} crops (`PerFace(...)(x, y)`, `align=\"none\"`):",
+        "",
+        f"  `{aligned}`",
+        "",
+        "- photos (face detection and alignment: `perface.similarity`, the `perface` commands, `align=\"detect\"`):",
+        "",
+        f"  `{photos}`",
+    ]
+
+
 def render_model_card(spec: ModelSpec, *, sha256: str = "", size: int = 0, repo_id: str = "") -> str:
     """Markdown model card with Hub YAML front matter for the checkpoint described by ``spec``.
 
-    ``sha256``/``size`` describe ``model.safetensors``; ``repo_id`` (if published) goes into the
-    usage snippet instead of a local path.
+    ``sha256``/``size`` describe ``model.safetensors``; with ``sha256`` the card carries the
+    checkpoint's metric signatures (aligned crops and photos) for papers to copy. ``repo_id``
+    (if published) goes into the usage snippet instead of a local path.
     """
     from huggingface_hub import ModelCardData
 
@@ -92,6 +116,8 @@ def render_model_card(spec: ModelSpec, *, sha256: str = "", size: int = 0, repo_
     if sha256:
         lines.append(f"- `model.safetensors`: {size:,} bytes, sha256 `{sha256}`")
     lines += [f"- Written by perface {__version__}", "", "## Scores", "", *_scores_table(spec.scores)]
+    if sha256:
+        lines += ["", *_signature_section(spec, sha256)]
     lines += ["", "## License", "", f"{spec.license}. Check it before any use; it binds the weights, "
               "not the perface code (Apache-2.0).", "", "## Citation", "", f"- {PERFACE_CITATION}"]
     if spec.citation:

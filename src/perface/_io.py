@@ -51,8 +51,7 @@ def file_mode() -> int:
 
 
 def _fsync_file(path: Path) -> None:
-    # Read-only descriptor on POSIX: the file may already carry its final, read-only mode.
-    if os.name == "posix":
+    if os.name == "posix":  # fsync needs no write access there
         fd = os.open(path, os.O_RDONLY)
         try:
             os.fsync(fd)
@@ -111,10 +110,11 @@ def atomic_write(path: PathLike, write: Callable[[Path], Any], *, durable: bool 
     os.close(fd)
     tmp = Path(tmp_name)
     try:
+        os.chmod(tmp, 0o600)  # a strict umask may have masked mkstemp's 0600, and write() reopens by path
         write(tmp)
-        os.chmod(tmp, _mode_for(path))  # mkstemp creates 0600; give what open() would
         if durable:
             _fsync_file(tmp)
+        os.chmod(tmp, _mode_for(path))  # what open() would give, set last: it may leave no write bit
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -42,9 +42,15 @@ def _leftovers(folder: Path, name: str):
 # --- two processes, one path -----------------------------------------------------------------
 
 WRITER = """
-import hashlib, sys
+import hashlib, sys, time
+from pathlib import Path
 from perface._io import atomic_write_bytes
 path, tag, size, count = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+ready = Path(path).parent / "ready"
+ready.mkdir(exist_ok=True)
+(ready / tag).touch()
+while len(list(ready.iterdir())) < 2:  # start together
+    time.sleep(0.01)
 for i in range(count):
     body = (f"{tag}:{i}:".encode() * (size // 8 + 1))[:size]
     atomic_write_bytes(path, body + hashlib.sha256(body).hexdigest().encode())
@@ -73,6 +79,7 @@ def test_two_writer_processes_never_expose_a_partial_file(tmp_path):
     assert _complete(target.read_bytes())
     assert reads > 20 and seen >= {b"A", b"B"}  # the reader really ran while both wrote
     assert _leftovers(tmp_path, target.name) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ready", "shared.bin"]
 
 
 # --- interruption ----------------------------------------------------------------------------
@@ -203,10 +210,13 @@ def test_atomic_dir_into_an_existing_folder_replaces_same_names_and_keeps_others
 # --- file_lock -------------------------------------------------------------------------------
 
 COUNTER = """
-import sys
+import sys, time
 from perface._io import atomic_write_text, file_lock
 from pathlib import Path
 path = Path(sys.argv[1])
+(path.parent / f"ready-{sys.argv[3]}").touch()
+while len(list(path.parent.glob("ready-*"))) < 2:  # start together, or one may finish before the other starts
+    time.sleep(0.01)
 for _ in range(int(sys.argv[2])):
     with file_lock(path):
         atomic_write_text(path, str(int(path.read_text()) + 1), durable=False)
@@ -216,7 +226,7 @@ for _ in range(int(sys.argv[2])):
 def test_file_lock_serializes_read_modify_write_between_processes(tmp_path):
     counter = atomic_write_text(tmp_path / "count.txt", "0")
     start = time.monotonic()
-    procs = [_python(COUNTER, str(counter), "100") for _ in range(2)]
+    procs = [_python(COUNTER, str(counter), "300", str(i)) for i in range(2)]
     for p in procs:
         _finish(p)
-    assert counter.read_text() == "200", f"lost updates after {time.monotonic() - start:.1f}s"
+    assert counter.read_text() == "600", f"lost updates after {time.monotonic() - start:.1f}s"

@@ -142,5 +142,7 @@ class PerFaceSimilarity(Metric):
                    for item in val]
         fig, ax = self._plot(val, ax)
         title = "\n".join(textwrap.wrap(self.signature.replace("|", " | "), 70))
+        if ax.get_legend() is not None:  # torchmetrics puts it above the axes, where the title goes
+            ax.legend(loc="best", ncol=3, fontsize=8)
         ax.set_title(f"{type(self).__name__}\n{title}", fontsize=8)
         return fig, ax

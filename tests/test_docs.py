@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-DOC_FILES = sorted((REPO / "docs").glob("*.md")) + [REPO / "README.md"]
+DOC_FILES = [*sorted((REPO / "docs").glob("*.md")), REPO / "README.md"]
 FENCE = re.compile(r"^([ \t]*)```([^\n`]*)\n(.*?)^\1```[ \t]*$", re.S | re.M)  # also indented (in lists)
 
 
@@ -30,8 +30,10 @@ def python_blocks(text: str):
 
 
 def test_fence_parser_skips_no_run_and_other_languages():
-    text = ("x\n```python\na = 1\n```\n```python no-run\nraise SystemExit\n```\n```bash\nls\n```\n"
-            "```python\nb = 2\n```\n1. item\n\n   ```python\n   c = 3\n   ```\n")
+    text = (
+        "x\n```python\na = 1\n```\n```python no-run\nraise SystemExit\n```\n```bash\nls\n```\n"
+        "```python\nb = 2\n```\n1. item\n\n   ```python\n   c = 3\n   ```\n"
+    )
     assert list(python_blocks(text)) == [(2, "a = 1\n"), (11, "b = 2\n"), (16, "c = 3\n")]
 
 
@@ -49,6 +51,7 @@ def test_doc_examples_run(doc, tmp_path, monkeypatch):
         try:
             exec(compile(code, f"{doc.name}:{line}", "exec"), namespace)
         except Exception as exc:
-            raise AssertionError(f"{doc.relative_to(REPO)} block at line {line} failed: "
-                                 f"{type(exc).__name__}: {exc}") from exc
+            raise AssertionError(
+                f"{doc.relative_to(REPO)} block at line {line} failed: {type(exc).__name__}: {exc}"
+            ) from exc
     assert os.getcwd() == str(tmp_path)

@@ -25,8 +25,13 @@ SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 def _python(code: str, *args: str, timeout: float = 120, prefix=()) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")])}
-    return subprocess.Popen([*prefix, sys.executable, "-c", textwrap.dedent(code), *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [*prefix, sys.executable, "-c", textwrap.dedent(code), *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _finish(proc: subprocess.Popen, timeout: float = 120) -> str:
@@ -66,8 +71,7 @@ def test_two_writer_processes_never_expose_a_partial_file(tmp_path):
     target = tmp_path / "shared.bin"
     atomic_write_bytes(target, b"x" * 10 + hashlib.sha256(b"x" * 10).hexdigest().encode())
     # Different sizes per writer: a torn or mixed file would fail its checksum or its length.
-    writers = [_python(WRITER, str(target), tag, str(size), "150")
-               for tag, size in (("A", 300_000), ("B", 700_000))]
+    writers = [_python(WRITER, str(target), tag, str(size), "150") for tag, size in (("A", 300_000), ("B", 700_000))]
     reads, seen = 0, set()
     while any(w.poll() is None for w in writers):
         data = target.read_bytes()
@@ -83,6 +87,7 @@ def test_two_writer_processes_never_expose_a_partial_file(tmp_path):
 
 
 # --- interruption ----------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("error", [RuntimeError("disk full"), KeyboardInterrupt()])
 def test_an_error_inside_write_keeps_the_old_file_and_no_temporary(tmp_path, error):
@@ -162,6 +167,7 @@ def test_a_umask_without_owner_write_still_writes_like_open_does(tmp_path):
 
 # --- atomic_dir ------------------------------------------------------------------------------
 
+
 def test_atomic_dir_shows_nothing_until_complete_then_everything(tmp_path):
     out = tmp_path / "report"
     with atomic_dir(out) as tmp:
@@ -180,16 +186,14 @@ def test_atomic_dir_interrupted_leaves_the_old_output_and_no_temporary(tmp_path,
     out = tmp_path / "report"
     with atomic_dir(out) as tmp:
         (tmp / "a.csv").write_text("old")
-    with pytest.raises(type(error)):
-        with atomic_dir(out) as tmp:
-            (tmp / "a.csv").write_text("new")
-            (tmp / "b.csv").write_text("new")
-            raise error
+    with pytest.raises(type(error)), atomic_dir(out) as tmp:
+        (tmp / "a.csv").write_text("new")
+        (tmp / "b.csv").write_text("new")
+        raise error
     assert sorted(p.name for p in out.iterdir()) == ["a.csv"] and (out / "a.csv").read_text() == "old"
-    with pytest.raises(type(error)):
-        with atomic_dir(tmp_path / "fresh") as tmp:
-            (tmp / "x").write_text("x")
-            raise error
+    with pytest.raises(type(error)), atomic_dir(tmp_path / "fresh") as tmp:
+        (tmp / "x").write_text("x")
+        raise error
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]
 
 

@@ -34,7 +34,6 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Dict
 
 import numpy as np
 import pytest
@@ -52,7 +51,7 @@ FP64_RTOL = 1e-8
 FP32_RTOL = 1e-4
 
 
-def seeded_state_dict(seed: int = WEIGHTS_SEED) -> Dict[str, torch.Tensor]:
+def seeded_state_dict(seed: int = WEIGHTS_SEED) -> dict[str, torch.Tensor]:
     """float64 tensors for every (name, shape) of the public iresnet50 state dict, in order.
 
     One ``numpy.random.RandomState(seed)`` stream, drawn tensor by tensor: running variances
@@ -125,8 +124,9 @@ def _relative_error(out: torch.Tensor, ref: np.ndarray) -> float:
 
 def test_fixture_was_made_from_these_weights_and_inputs(reference, state):
     assert "04a433f154de30ff8604d78f73f2b6af5822f71c" in str(reference["provenance"])
-    assert math.isclose(fingerprint(state.values()), float(reference["weights_fingerprint"]), rel_tol=1e-12), \
+    assert math.isclose(fingerprint(state.values()), float(reference["weights_fingerprint"]), rel_tol=1e-12), (
         "seeded_state_dict changed since the fixture was made: regenerate it (see the module docstring)"
+    )
     assert math.isclose(fingerprint([seeded_inputs()]), float(reference["inputs_fingerprint"]), rel_tol=1e-12)
 
 
@@ -156,8 +156,10 @@ def test_swapped_block_layers_fail_the_comparison(reference, state, monkeypatch)
 
 
 def test_iresnet50_names_shapes_dtypes_match_public_contract():
-    ours = [[k, list(v.shape), str(v.dtype).replace("torch.", "")]
-            for k, v in build_backbone("iresnet50").state_dict().items()]
+    ours = [
+        [k, list(v.shape), str(v.dtype).replace("torch.", "")]
+        for k, v in build_backbone("iresnet50").state_dict().items()
+    ]
     theirs = CONTRACT["iresnet50"]
     missing = sorted({k for k, _, _ in theirs} - {k for k, _, _ in ours})
     unexpected = sorted({k for k, _, _ in ours} - {k for k, _, _ in theirs})

@@ -23,9 +23,9 @@ import torch
 
 pytest.importorskip("torchmetrics")
 
-from perface import PerFace  # noqa: E402
-from perface.metrics import PerFaceSimilarity  # noqa: E402
-from perface.signature import signature_of  # noqa: E402
+from perface import PerFace
+from perface.metrics import PerFaceSimilarity
+from perface.signature import signature_of
 
 CROPS = torch.from_numpy(np.load(Path(__file__).parent / "data" / "sface_reference.npz")["crops"])
 FACES = CROPS.permute(0, 3, 1, 2).float() / 255  # (6, 3, 112, 112) in [0, 1]
@@ -82,8 +82,12 @@ def test_ci_mode_gives_mean_interval_and_count(metric):
     out = m.compute()
     ref = _reference(metric, batches)
     half = 1.959964 * ref.std(ddof=1) / np.sqrt(ref.size)  # normal approximation, z(0.975)
-    assert {k: v.dtype for k, v in out.items()} == {"mean": torch.float32, "low": torch.float32,
-                                                    "high": torch.float32, "count": torch.int64}
+    assert {k: v.dtype for k, v in out.items()} == {
+        "mean": torch.float32,
+        "low": torch.float32,
+        "high": torch.float32,
+        "count": torch.int64,
+    }
     assert int(out["count"]) == ref.size
     assert abs(float(out["mean"]) - ref.mean()) < ATOL
     assert abs(float(out["low"]) - (ref.mean() - half)) < ATOL
@@ -209,13 +213,16 @@ def test_import_perface_does_not_import_torchmetrics():
 
 
 def test_missing_torchmetrics_names_the_extra():
-    code = ("import sys; sys.modules['torchmetrics'] = None\n"
-            "try:\n    import perface.metrics\nexcept ImportError as e:\n    print(e)")
+    code = (
+        "import sys; sys.modules['torchmetrics'] = None\n"
+        "try:\n    import perface.metrics\nexcept ImportError as e:\n    print(e)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "perface[metrics]" in out.stdout
 
 
 # --- DDP: 2 gloo processes -------------------------------------------------------------------
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -236,8 +243,12 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
             batch_values.append(float(plain(x, y)))  # forward: this process's batch only
             ci.update(x, y)
         out_plain, out_ci = plain.compute(), ci.compute()
-        result = {"batch_values": batch_values, "plain": float(out_plain), "plain_dtype": str(out_plain.dtype),
-                  **{k: float(v) for k, v in out_ci.items()}}
+        result = {
+            "batch_values": batch_values,
+            "plain": float(out_plain),
+            "plain_dtype": str(out_plain.dtype),
+            **{k: float(v) for k, v in out_ci.items()},
+        }
         with open(f"{out_dir}/rank{rank}.json", "w") as f:
             json.dump(result, f)
     finally:

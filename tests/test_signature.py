@@ -19,8 +19,9 @@ from perface.cli import main
 from perface.signature import checkpoint_signature, signature_of
 
 WEIGHTS = Path(perface.__file__).parent / "weights"
-EXAMPLE = ("perface:0.2.0|model:sface@0f0fbaa2|det:retinaface-mnet025@6797d194|align:detect|tpl:arcface"
-           "|size:112|prec:fp32")
+EXAMPLE = (
+    "perface:0.2.0|model:sface@0f0fbaa2|det:retinaface-mnet025@6797d194|align:detect|tpl:arcface|size:112|prec:fp32"
+)
 
 
 def _sha8(path: Path) -> str:
@@ -33,10 +34,18 @@ def _field(sig: str, key: str) -> str:
 
 # --- format ----------------------------------------------------------------------------------
 
+
 def test_format_parse_round_trip():
     sig = Signature.parse(EXAMPLE)
     assert (sig.perface, sig.model, sig.det, sig.align, sig.tpl, sig.size, sig.prec) == (
-        "0.2.0", "sface@0f0fbaa2", "retinaface-mnet025@6797d194", "detect", "arcface", "112", "fp32")
+        "0.2.0",
+        "sface@0f0fbaa2",
+        "retinaface-mnet025@6797d194",
+        "detect",
+        "arcface",
+        "112",
+        "fp32",
+    )
     assert str(sig) == EXAMPLE
     assert Signature.parse(str(sig)) == sig
 
@@ -52,17 +61,24 @@ def test_parse_accepts_a_copy_wrapped_across_lines():
     assert str(Signature.parse(wrapped)) == EXAMPLE
 
 
-@pytest.mark.parametrize("text, problem", [
-    ("", "is not key:value"),
-    ("perface:0.2.0|model:sface@0f0fbaa2", "missing field(s) det, align, tpl, size, prec"),
-    (EXAMPLE + "|gpu:a100", "unknown field 'gpu'"),
-    (EXAMPLE.replace("|det:", "|model:x|det:"), "'model' appears twice"),
-    (EXAMPLE.replace("det:retinaface-mnet025@6797d194|align:detect", "align:detect|det:retinaface-mnet025@6797d194"),
-     "must come in the order"),
-    (EXAMPLE.replace("prec:fp32", "prec:"), "'prec:' is not key:value"),
-    (EXAMPLE.replace("prec:fp32", "prec fp32"), "'prec fp32' is not key:value"),
-    (EXAMPLE.replace("sface@", "s face@"), "whitespace"),
-])
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        ("", "is not key:value"),
+        ("perface:0.2.0|model:sface@0f0fbaa2", "missing field(s) det, align, tpl, size, prec"),
+        (EXAMPLE + "|gpu:a100", "unknown field 'gpu'"),
+        (EXAMPLE.replace("|det:", "|model:x|det:"), "'model' appears twice"),
+        (
+            EXAMPLE.replace(
+                "det:retinaface-mnet025@6797d194|align:detect", "align:detect|det:retinaface-mnet025@6797d194"
+            ),
+            "must come in the order",
+        ),
+        (EXAMPLE.replace("prec:fp32", "prec:"), "'prec:' is not key:value"),
+        (EXAMPLE.replace("prec:fp32", "prec fp32"), "'prec fp32' is not key:value"),
+        (EXAMPLE.replace("sface@", "s face@"), "whitespace"),
+    ],
+)
 def test_malformed_signatures_raise_value_error_naming_the_problem(text, problem):
     with pytest.raises(ValueError) as info:
         Signature.parse(text)
@@ -76,6 +92,7 @@ def test_a_field_cannot_hold_the_separator():
 
 
 # --- what each field tracks ------------------------------------------------------------------
+
 
 def test_model_field_is_name_and_weights_file_hash(metric):
     assert _field(metric.signature, "model") == f"sface@{_sha8(WEIGHTS / 'sface.safetensors')}"
@@ -139,6 +156,7 @@ def test_star_marks_weights_changed_by_an_optimizer_step(tmp_path):
 
 # --- checking --------------------------------------------------------------------------------
 
+
 def test_check_signature_passes_on_a_match_and_returns_the_installed_signature(metric):
     assert str(check_signature(metric.signature, metric)) == metric.signature
     detect = str(signature_of(metric, "detect"))
@@ -168,6 +186,7 @@ def test_check_signature_rejects_malformed_input(metric):
 
 
 # --- model cards and the command line --------------------------------------------------------
+
 
 def test_model_card_prints_the_signatures_the_checkpoint_loads_with(tmp_path):
     out = PerFace().save_pretrained(tmp_path / "ckpt", name="card-test")
@@ -204,8 +223,9 @@ def test_cli_check_exits_0_on_match_and_1_naming_the_fields_on_mismatch(capsys, 
     assert err.startswith("perface signature: error: signature mismatch (prec: expected 'fp16', installed 'fp32')")
 
 
-@pytest.mark.parametrize("argv, problem", [(["--check", "perface:0.2.0"], "missing field"),
-                                           (["--align", "sideways"], "--align 'sideways'")])
+@pytest.mark.parametrize(
+    "argv, problem", [(["--check", "perface:0.2.0"], "missing field"), (["--align", "sideways"], "--align 'sideways'")]
+)
 def test_cli_usage_errors_exit_2(capsys, argv, problem):
     code, _, err = _cli(capsys, *argv)
     assert code == 2 and problem in err and len(err.strip().splitlines()) == 1

@@ -3,9 +3,10 @@
 Every file perface writes (caches, checkpoints, reports, plots, logs that are rewritten) goes
 through :func:`atomic_write`: the content is written to a uniquely named temporary file in the
 same folder, flushed and fsync'ed, given the permissions a plain ``open(path, "w")`` would
-give (those of the file it replaces, else ``0o666 & ~umask``), then renamed over the destination (``os.replace``, atomic on POSIX
-and Windows) and the folder entry is fsync'ed. A reader therefore sees the old file or the
-new one, never a partial one, and two writers never share a temporary name.
+give (those of the file it replaces, else ``0o666 & ~umask``), then renamed over the
+destination (``os.replace``, atomic on POSIX and Windows) and the folder entry is fsync'ed.
+A reader therefore sees the old file or the new one, never a partial one, and two writers
+never share a temporary name.
 
 :func:`file_lock` serializes read-modify-write sequences between processes and machines that
 share a folder (``filelock``); :func:`atomic_dir` builds an output folder in a temporary
@@ -20,8 +21,12 @@ import shutil
 import stat
 import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator, Union
+from typing import TYPE_CHECKING, Any, Callable, Union
+
+if TYPE_CHECKING:
+    from filelock import BaseFileLock
 
 __all__ = ["atomic_write", "atomic_write_text", "atomic_write_bytes", "file_lock", "atomic_dir", "file_mode"]
 
@@ -131,6 +136,7 @@ def atomic_write_bytes(path: PathLike, data: bytes, *, durable: bool = True) -> 
 
 def atomic_write_text(path: PathLike, text: str, *, encoding: str = "utf-8", durable: bool = True) -> Path:
     """:func:`atomic_write` of ``text`` (UTF-8 by default, ``\\n`` line ends kept as given)."""
+
     def write(tmp: Path) -> None:
         with open(tmp, "w", encoding=encoding, newline="") as fh:
             fh.write(text)
@@ -138,7 +144,7 @@ def atomic_write_text(path: PathLike, text: str, *, encoding: str = "utf-8", dur
     return atomic_write(path, write, durable=durable)
 
 
-def file_lock(path: PathLike, timeout: float = -1):
+def file_lock(path: PathLike, timeout: float = -1) -> BaseFileLock:
     """An inter-process lock guarding ``path``: a ``filelock.FileLock`` on ``path + ".lock"``.
 
     Use as a context manager around read-modify-write of ``path``. ``timeout``: seconds to wait

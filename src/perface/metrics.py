@@ -7,8 +7,9 @@ never imports this module.
 from __future__ import annotations
 
 import textwrap
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Optional, Union, cast
 
 import torch
 
@@ -24,9 +25,12 @@ except ImportError as exc:  # pragma: no cover - exercised by a subprocess test
 from .model import PerFace
 from .registry import DEFAULT_MODEL
 
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+
 __all__ = ["PerFaceSimilarity"]
 
-Result = Union[torch.Tensor, Dict[str, torch.Tensor]]
+Result = Union[torch.Tensor, dict[str, torch.Tensor]]
 
 
 class PerFaceSimilarity(Metric):
@@ -67,6 +71,7 @@ class PerFaceSimilarity(Metric):
 
     total: torch.Tensor
     count: torch.Tensor
+    values: list[torch.Tensor]
 
     def __init__(
         self,
@@ -118,9 +123,12 @@ class PerFaceSimilarity(Metric):
         from .stats import mean_ci
 
         est = mean_ci(dim_zero_cat(self.values).double().cpu().numpy(), self.confidence)
-        bound = {"dtype": dtype, "device": mean.device}
-        return {"mean": mean, "low": torch.tensor(est.low, **bound), "high": torch.tensor(est.high, **bound),
-                "count": self.count}
+        return {
+            "mean": mean,
+            "low": torch.tensor(est.low, dtype=dtype, device=mean.device),
+            "high": torch.tensor(est.high, dtype=dtype, device=mean.device),
+            "count": self.count,
+        }
 
     def plot(self, val: Optional[Union[Result, Sequence[Result]]] = None, ax: Optional[Any] = None) -> Any:
         """Plot one result or a sequence of results (one per step), torchmetrics style.
@@ -134,13 +142,13 @@ class PerFaceSimilarity(Metric):
         from ._plotting import pyplot
 
         pyplot()
-        val = self.compute() if val is None else val
-        if isinstance(val, dict):
-            val = {k: v for k, v in val.items() if k != "count"}
-        elif isinstance(val, (list, tuple)):
-            val = [{k: v for k, v in item.items() if k != "count"} if isinstance(item, dict) else item
-                   for item in val]
-        fig, ax = self._plot(val, ax)
+        shown: Any = self.compute() if val is None else val
+        if isinstance(shown, dict):
+            shown = {k: v for k, v in shown.items() if k != "count"}
+        elif isinstance(shown, (list, tuple)):
+            shown = [{k: v for k, v in x.items() if k != "count"} if isinstance(x, dict) else x for x in shown]
+        fig, axes = self._plot(shown, ax)
+        ax = cast("Axes", axes)
         title = "\n".join(textwrap.wrap(self.signature.replace("|", " | "), 70))
         if ax.get_legend() is not None:  # torchmetrics puts it above the axes, where the title goes
             ax.legend(loc="best", ncol=3, fontsize=8)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Tuple, Union
+from typing import Any, Callable, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -89,7 +89,7 @@ class PerFace(nn.Module):
         field reports the dtype."""
         return self._modified_before_move or self._weight_versions() != self._loaded_versions
 
-    def _apply(self, fn, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def _apply(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> PerFace:
         # A move or cast makes new tensors with fresh version counters: carry over what changed so far.
         loaded = hasattr(self, "_loaded_versions")
         modified = loaded and self.weights_modified

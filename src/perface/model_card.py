@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Dict, List
+from typing import Any
 
 from ._version import __version__
 from .registry import ModelSpec
@@ -26,7 +26,7 @@ PERFACE_CITATION = (
 _HUB_LICENSES = {"apache-2.0": "apache-2.0", "mit": "mit", "bsd-3-clause": "bsd-3-clause", "cc-by-4.0": "cc-by-4.0"}
 
 
-def hub_license(license_text: str) -> Dict[str, str]:
+def hub_license(license_text: str) -> dict[str, str]:
     """Hub front-matter fields for a free-text license: a known id, or ``other`` with a name."""
     key = license_text.strip().lower()
     if key in _HUB_LICENSES:
@@ -35,7 +35,7 @@ def hub_license(license_text: str) -> Dict[str, str]:
     return {"license": "other", "license_name": slug}
 
 
-def _scores_table(scores: Dict[str, Any]) -> List[str]:
+def _scores_table(scores: dict[str, Any]) -> list[str]:
     if not scores:
         return ["No scores recorded yet."]
     rows = ["| metric | value |", "|---|---|"]
@@ -43,7 +43,7 @@ def _scores_table(scores: Dict[str, Any]) -> List[str]:
     return rows
 
 
-def _signature_section(spec: ModelSpec, sha256: str) -> List[str]:
+def _signature_section(spec: ModelSpec, sha256: str) -> list[str]:
     from .signature import checkpoint_signature
 
     aligned = checkpoint_signature(spec, sha256, "none")
@@ -55,11 +55,11 @@ def _signature_section(spec: ModelSpec, sha256: str) -> List[str]:
         "whether two numbers come from the same metric (`metric.signature` prints it; "
         "`perface signature --check 'SIGNATURE'` compares it with an installed perface):",
         "",
-        f"- aligned {spec.input_size}x{spec.input_size} crops (`PerFace(...)(x, y)`, `align=\"none\"`):",
+        f'- aligned {spec.input_size}x{spec.input_size} crops (`PerFace(...)(x, y)`, `align="none"`):',
         "",
         f"  `{aligned}`",
         "",
-        "- photos (face detection and alignment: `perface.similarity`, the `perface` commands, `align=\"detect\"`):",
+        '- photos (face detection and alignment: `perface.similarity`, the `perface` commands, `align="detect"`):',
         "",
         f"  `{photos}`",
     ]
@@ -75,12 +75,14 @@ def render_model_card(spec: ModelSpec, *, sha256: str = "", size: int = 0, repo_
     from huggingface_hub import ModelCardData
 
     tags = ["face-similarity", "perceptual-metric", "face-recognition", "pytorch", "safetensors", spec.arch]
+    license_fields = hub_license(spec.license)
     meta = ModelCardData(
         library_name="perface",
         pipeline_tag="image-feature-extraction",
         tags=tags,
         model_name=spec.name,
-        **hub_license(spec.license),
+        license=license_fields["license"],
+        license_name=license_fields.get("license_name"),
     )
     load_from = repo_id or "path/to/this/directory"
     lines = [
@@ -118,8 +120,16 @@ def render_model_card(spec: ModelSpec, *, sha256: str = "", size: int = 0, repo_
     lines += [f"- Written by perface {__version__}", "", "## Scores", "", *_scores_table(spec.scores)]
     if sha256:
         lines += ["", *_signature_section(spec, sha256)]
-    lines += ["", "## License", "", f"{spec.license}. Check it before any use; it binds the weights, "
-              "not the perface code (Apache-2.0).", "", "## Citation", "", f"- {PERFACE_CITATION}"]
+    lines += [
+        "",
+        "## License",
+        "",
+        f"{spec.license}. Check it before any use; it binds the weights, not the perface code (Apache-2.0).",
+        "",
+        "## Citation",
+        "",
+        f"- {PERFACE_CITATION}",
+    ]
     if spec.citation:
         lines.append(f"- {spec.citation}")
     return "\n".join(lines) + "\n"

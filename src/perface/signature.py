@@ -27,12 +27,13 @@ from __future__ import annotations
 
 import re
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple, Union
-
-from .errors import SignatureMismatchError
+from typing import TYPE_CHECKING, Optional, Union
 
 import torch
+
+from .errors import SignatureMismatchError
 
 if TYPE_CHECKING:
     from .model import PerFace
@@ -65,14 +66,15 @@ class Signature:
         for key in _KEYS:
             value = getattr(self, key)
             if not isinstance(value, str) or not value or _FORBIDDEN.search(value):
-                raise ValueError(f"signature field {key}={value!r}: a value is a non-empty string without "
-                                 "'|' or whitespace")
+                raise ValueError(
+                    f"signature field {key}={value!r}: a value is a non-empty string without '|' or whitespace"
+                )
 
     def __str__(self) -> str:
         return "|".join(f"{key}:{getattr(self, key)}" for key in _KEYS)
 
     @classmethod
-    def parse(cls, text: str) -> "Signature":
+    def parse(cls, text: str) -> Signature:
         """Read a signature string (whitespace around ``|`` is ignored, so a copy that wrapped
         lines still parses). Raises ``ValueError`` naming what is malformed: a field without
         ``:`` or value, an unknown, missing or repeated key, keys out of order, or whitespace
@@ -83,8 +85,10 @@ class Signature:
         for part in parts:
             key, sep, value = part.partition(":")
             if not sep or not key or not value:
-                raise ValueError(f"signature {text!r}: field {part!r} is not key:value; expected "
-                                 f"{'|'.join(k + ':...' for k in _KEYS)}")
+                raise ValueError(
+                    f"signature {text!r}: field {part!r} is not key:value; expected "
+                    f"{'|'.join(k + ':...' for k in _KEYS)}"
+                )
             if key not in _KEYS:
                 raise ValueError(f"signature {text!r}: unknown field {key!r}; known fields: {', '.join(_KEYS)}")
             if key in values:
@@ -97,10 +101,13 @@ class Signature:
             raise ValueError(f"signature {text!r}: fields must come in the order {', '.join(_KEYS)}")
         return cls(**values)
 
-    def differences(self, other: "Signature") -> List[Tuple[str, str, str]]:
+    def differences(self, other: Signature) -> list[tuple[str, str, str]]:
         """``(field, self's value, other's value)`` for every field that differs."""
-        return [(f.name, getattr(self, f.name), getattr(other, f.name))
-                for f in fields(self) if getattr(self, f.name) != getattr(other, f.name)]
+        return [
+            (f.name, getattr(self, f.name), getattr(other, f.name))
+            for f in fields(self)
+            if getattr(self, f.name) != getattr(other, f.name)
+        ]
 
 
 def _short(sha256: str) -> str:
@@ -119,7 +126,7 @@ def _clean(value: str) -> str:
     return _FORBIDDEN.sub("_", value.strip()) or "unknown"
 
 
-def _modes(align: Union[str, Sequence[str]]) -> Tuple[str, ...]:
+def _modes(align: Union[str, Sequence[str]]) -> tuple[str, ...]:
     modes = (align,) if isinstance(align, str) else tuple(align)
     if not modes:
         raise ValueError("align: give one alignment mode or two (x, y), not an empty sequence")
@@ -131,8 +138,14 @@ def _precision(dtype: torch.dtype) -> str:
     return _PRECISION.get(name, name)
 
 
-def checkpoint_signature(spec: "ModelSpec", sha256: str, align: Union[str, Sequence[str]] = "none", *,
-                         modified: bool = False, dtype: Optional[torch.dtype] = None) -> Signature:
+def checkpoint_signature(
+    spec: ModelSpec,
+    sha256: str,
+    align: Union[str, Sequence[str]] = "none",
+    *,
+    modified: bool = False,
+    dtype: Optional[torch.dtype] = None,
+) -> Signature:
     """The signature of a checkpoint described by ``spec`` whose weights file has hash ``sha256``,
     used with ``align`` (one mode, or ``(mode_x, mode_y)``).
 
@@ -145,26 +158,38 @@ def checkpoint_signature(spec: "ModelSpec", sha256: str, align: Union[str, Seque
     modes = _modes(align)
     model = f"{_clean(spec.name)}@{_short(sha256)}" + ("*" if modified else "")
     det = _detector_field() if "detect" in modes else "none"
-    return Signature(perface=__version__, model=model, det=det, align=",".join(modes), tpl=_clean(spec.template),
-                     size=str(spec.input_size), prec=_precision(dtype or torch.get_default_dtype()))
+    return Signature(
+        perface=__version__,
+        model=model,
+        det=det,
+        align=",".join(modes),
+        tpl=_clean(spec.template),
+        size=str(spec.input_size),
+        prec=_precision(dtype or torch.get_default_dtype()),
+    )
 
 
-def signature_of(metric: "PerFace", align: Union[str, Sequence[str], None] = None) -> Signature:
+def signature_of(metric: PerFace, align: Union[str, Sequence[str], None] = None) -> Signature:
     """The signature of ``metric`` as used with ``align``.
 
     ``align``: ``None`` (the metric's own ``align`` setting, i.e. what ``metric(x, y)`` does),
     one mode for both inputs, or ``(mode_x, mode_y)``. The photo functions
     (:func:`perface.similarity`, :func:`perface.embed_images`, ranking) pass ``"detect"``.
     """
-    return checkpoint_signature(metric.spec, metric.weights_sha256, metric.align_modes if align is None else align,
-                                modified=metric.weights_modified, dtype=next(metric.net.parameters()).dtype)
+    return checkpoint_signature(
+        metric.spec,
+        metric.weights_sha256,
+        metric.align_modes if align is None else align,
+        modified=metric.weights_modified,
+        dtype=next(metric.net.parameters()).dtype,
+    )
 
 
 # How to reproduce each field of a signature, for the mismatch message.
 _FIXES = {
     "perface": "pip install perface=={perface}",
     "model": "load the checkpoint the model field names (name@first 8 hex digits of its weights file's sha256; "
-             "a trailing * means weights changed after loading: save and reload them)",
+    "a trailing * means weights changed after loading: save and reload them)",
     "det": "the face detector comes with the perface version and is used when align is detect",
     "align": "align inputs as {align} (PerFace(align=...); photos use detect)",
     "tpl": "use the checkpoint the model field names (it sets the template)",
@@ -173,8 +198,13 @@ _FIXES = {
 }
 
 
-def check_signature(expected: Union[str, Signature], metric: Optional["PerFace"] = None, *,
-                    align: Union[str, Sequence[str], None] = None, strict: bool = True) -> Signature:
+def check_signature(
+    expected: Union[str, Signature],
+    metric: Optional[PerFace] = None,
+    *,
+    align: Union[str, Sequence[str], None] = None,
+    strict: bool = True,
+) -> Signature:
     """Compare ``expected`` (e.g. copied from a paper) with the installed metric.
 
     Args:

@@ -14,31 +14,44 @@ Examples:
 from __future__ import annotations
 
 import argparse
-from typing import Optional, Tuple
+from typing import Optional
 
 from . import UsageError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=None, metavar="NAME",
-                        help="registered name, local checkpoint folder or Hub repo id (default: the model named by "
-                             "--check, else the default model)")
-    parser.add_argument("--align", default=None, metavar="MODE[,MODE]",
-                        help="alignment of the inputs: none (aligned crops, as PerFace()), detect (photos, as the "
-                             "perface commands), ffhq, arcface or simceleba; two modes x,y when the two inputs differ "
-                             "(default: the mode named by --check, else none)")
-    parser.add_argument("--check", default=None, metavar="SIGNATURE",
-                        help="compare with this signature (e.g. from a paper): exit 1 naming each field that differs")
+    parser.add_argument(
+        "--model",
+        default=None,
+        metavar="NAME",
+        help="registered name, local checkpoint folder or Hub repo id (default: the model named by "
+        "--check, else the default model)",
+    )
+    parser.add_argument(
+        "--align",
+        default=None,
+        metavar="MODE[,MODE]",
+        help="alignment of the inputs: none (aligned crops, as PerFace()), detect (photos, as the "
+        "perface commands), ffhq, arcface or simceleba; two modes x,y when the two inputs differ "
+        "(default: the mode named by --check, else none)",
+    )
+    parser.add_argument(
+        "--check",
+        default=None,
+        metavar="SIGNATURE",
+        help="compare with this signature (e.g. from a paper): exit 1 naming each field that differs",
+    )
 
 
-def _align(text: str) -> Tuple[str, ...]:
+def _align(text: str) -> tuple[str, ...]:
     from ..alignment import align_modes
 
     modes = tuple(m.strip() for m in text.split(","))
     bad = [m for m in modes if m not in align_modes()]
     if bad or not 1 <= len(modes) <= 2:
-        raise UsageError(f"--align {text!r}: give one mode or two separated by a comma, each one of "
-                         f"{', '.join(align_modes())}")
+        raise UsageError(
+            f"--align {text!r}: give one mode or two separated by a comma, each one of {', '.join(align_modes())}"
+        )
     return modes
 
 

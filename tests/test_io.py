@@ -67,6 +67,7 @@ def _complete(data: bytes) -> bool:
     return len(data) > 64 and hashlib.sha256(body).hexdigest().encode() == digest
 
 
+@pytest.mark.slow
 def test_two_writer_processes_never_expose_a_partial_file(tmp_path):
     target = tmp_path / "shared.bin"
     atomic_write_bytes(target, b"x" * 10 + hashlib.sha256(b"x" * 10).hexdigest().encode())
@@ -227,6 +228,7 @@ for _ in range(int(sys.argv[2])):
 """
 
 
+@pytest.mark.slow
 def test_file_lock_serializes_read_modify_write_between_processes(tmp_path):
     counter = atomic_write_text(tmp_path / "count.txt", "0")
     start = time.monotonic()

@@ -138,15 +138,18 @@ def test_iresnet50_matches_public_definition_in_float64(reference, state):
     assert _relative_error(_outputs(state, torch.float64), reference["eval_fp64"]) <= FP64_RTOL
 
 
+@pytest.mark.slow
 def test_iresnet50_matches_public_definition_in_train_mode(reference, state):
     """Batch statistics instead of running ones: the mode the paper fine-tunes every layer in."""
     assert _relative_error(_outputs(state, torch.float64, train=True), reference["train_fp64"]) <= FP64_RTOL
 
 
+@pytest.mark.slow
 def test_iresnet50_matches_public_definition_in_float32(reference, state):
     assert _relative_error(_outputs(state, torch.float32), reference["eval_fp64"]) <= FP32_RTOL
 
 
+@pytest.mark.slow
 def test_swapped_block_layers_fail_the_comparison(reference, state, monkeypatch):
     """The fixture can tell a wrong layer order: PReLU before BatchNorm moves the output >10%."""
 

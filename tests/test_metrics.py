@@ -168,6 +168,7 @@ def test_half_precision_input(metric):
     assert abs(float(out) - _reference(metric, batches).mean()) < 1e-2
 
 
+@pytest.mark.slow
 def test_half_precision_metric_as_torchmetrics_precision_tests_do(metric):
     """``.to(dtype=torch.half)`` moves the network and the states to fp16, as torchmetrics'
     precision tests do; the result stays within fp16 accuracy and the signature says fp16."""
@@ -255,6 +256,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_syncs_across_two_processes(tmp_path, metric):
     world = 2
     torch.multiprocessing.spawn(_worker, args=(world, _free_port(), str(tmp_path)), nprocs=world, join=True)

@@ -19,6 +19,7 @@ COMMANDS = {
     "download": ("perface.commands.download", "fetch a checkpoint into the local cache for offline use"),
     "verify": ("perface.commands.verify", "re-check the sha256 of embedded and cached weights"),
     "annotate": ("perface.commands.annotate", "collect people's triplet judgments in a browser: make, serve, export"),
+    "signature": ("perface.commands.signature", "print the metric signature to report with numbers, or --check one"),
 }
 
 

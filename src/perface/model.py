@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Tuple, Union
+from typing import Any, Callable, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -73,6 +73,7 @@ class PerFace(nn.Module):
         self.register_buffer("_mean", torch.tensor(spec.input_mean), persistent=False)
         self.register_buffer("_std", torch.tensor(spec.input_std), persistent=False)
         self.net.requires_grad_(trainable)
+        self._modified_before_move = False
         self._loaded_versions = self._weight_versions()
         self.eval()
         tune_malloc()
@@ -82,8 +83,21 @@ class PerFace(nn.Module):
 
     @property
     def weights_modified(self) -> bool:
-        """True if the network's parameters or buffers changed in place since loading (training)."""
-        return self._weight_versions() != self._loaded_versions
+        """True if the network's parameters or buffers changed in place since loading (training).
+
+        Moves and casts (``.to(device)``, ``.half()``) are not changes: the signature's ``prec``
+        field reports the dtype."""
+        return self._modified_before_move or self._weight_versions() != self._loaded_versions
+
+    def _apply(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> PerFace:
+        # A move or cast makes new tensors with fresh version counters: carry over what changed so far.
+        loaded = hasattr(self, "_loaded_versions")
+        modified = loaded and self.weights_modified
+        out = super()._apply(fn, *args, **kwargs)
+        if loaded:
+            self._modified_before_move = modified
+            self._loaded_versions = self._weight_versions()
+        return out
 
     @property
     def align_modes(self) -> Tuple[str, str]:

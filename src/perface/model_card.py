@@ -1,15 +1,16 @@
 """The model card (``README.md``) of a saved checkpoint: Hub metadata plus what a user must know.
 
 The YAML front matter is what the Hugging Face Hub indexes (license, library, tags); the body
-says what the similarity measures, what the network was trained on, its scores, its license,
-how to load it and what to cite.
+says what the similarity measures, what the network was trained on, its scores, the metric
+signature to report beside them (:mod:`perface.signature`), its license, how to load it and
+what to cite.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from typing import Any, Dict, List
+from typing import Any
 
 from ._version import __version__
 from .registry import ModelSpec
@@ -25,7 +26,7 @@ PERFACE_CITATION = (
 _HUB_LICENSES = {"apache-2.0": "apache-2.0", "mit": "mit", "bsd-3-clause": "bsd-3-clause", "cc-by-4.0": "cc-by-4.0"}
 
 
-def hub_license(license_text: str) -> Dict[str, str]:
+def hub_license(license_text: str) -> dict[str, str]:
     """Hub front-matter fields for a free-text license: a known id, or ``other`` with a name."""
     key = license_text.strip().lower()
     if key in _HUB_LICENSES:
@@ -34,7 +35,7 @@ def hub_license(license_text: str) -> Dict[str, str]:
     return {"license": "other", "license_name": slug}
 
 
-def _scores_table(scores: Dict[str, Any]) -> List[str]:
+def _scores_table(scores: dict[str, Any]) -> list[str]:
     if not scores:
         return ["No scores recorded yet."]
     rows = ["| metric | value |", "|---|---|"]
@@ -42,21 +43,46 @@ def _scores_table(scores: Dict[str, Any]) -> List[str]:
     return rows
 
 
+def _signature_section(spec: ModelSpec, sha256: str) -> list[str]:
+    from .signature import checkpoint_signature
+
+    aligned = checkpoint_signature(spec, sha256, "none")
+    photos = checkpoint_signature(spec, sha256, "detect")
+    return [
+        "## Metric signature",
+        "",
+        "Report the signature beside every number made with this checkpoint, so that readers can tell "
+        "whether two numbers come from the same metric (`metric.signature` prints it; "
+        "`perface signature --check 'SIGNATURE'` compares it with an installed perface):",
+        "",
+        f'- aligned {spec.input_size}x{spec.input_size} crops (`PerFace(...)(x, y)`, `align="none"`):',
+        "",
+        f"  `{aligned}`",
+        "",
+        '- photos (face detection and alignment: `perface.similarity`, the `perface` commands, `align="detect"`):',
+        "",
+        f"  `{photos}`",
+    ]
+
+
 def render_model_card(spec: ModelSpec, *, sha256: str = "", size: int = 0, repo_id: str = "") -> str:
     """Markdown model card with Hub YAML front matter for the checkpoint described by ``spec``.
 
-    ``sha256``/``size`` describe ``model.safetensors``; ``repo_id`` (if published) goes into the
-    usage snippet instead of a local path.
+    ``sha256``/``size`` describe ``model.safetensors``; with ``sha256`` the card carries the
+    checkpoint's metric signatures (aligned crops and photos) for papers to copy. ``repo_id``
+    (if published) goes into the usage snippet instead of a local path.
     """
     from huggingface_hub import ModelCardData
 
     tags = ["face-similarity", "perceptual-metric", "face-recognition", "pytorch", "safetensors", spec.arch]
+    license_fields = hub_license(spec.license)
     meta = ModelCardData(
         library_name="perface",
         pipeline_tag="image-feature-extraction",
         tags=tags,
         model_name=spec.name,
-        **hub_license(spec.license),
+        license=license_fields["license"],
+        license_name=license_fields.get("license_name"),
     )
     load_from = repo_id or "path/to/this/directory"
     lines = [
@@ -92,8 +118,18 @@ def render_model_card(spec: ModelSpec, *, sha256: str = "", size: int = 0, repo_
     if sha256:
         lines.append(f"- `model.safetensors`: {size:,} bytes, sha256 `{sha256}`")
     lines += [f"- Written by perface {__version__}", "", "## Scores", "", *_scores_table(spec.scores)]
-    lines += ["", "## License", "", f"{spec.license}. Check it before any use; it binds the weights, "
-              "not the perface code (Apache-2.0).", "", "## Citation", "", f"- {PERFACE_CITATION}"]
+    if sha256:
+        lines += ["", *_signature_section(spec, sha256)]
+    lines += [
+        "",
+        "## License",
+        "",
+        f"{spec.license}. Check it before any use; it binds the weights, not the perface code (Apache-2.0).",
+        "",
+        "## Citation",
+        "",
+        f"- {PERFACE_CITATION}",
+    ]
     if spec.citation:
         lines.append(f"- {spec.citation}")
     return "\n".join(lines) + "\n"

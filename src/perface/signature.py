@@ -25,20 +25,25 @@ names every field that differs.
 
 from __future__ import annotations
 
+import re
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Optional, Union
+
+import torch
 
 from .errors import SignatureMismatchError
 
 if TYPE_CHECKING:
     from .model import PerFace
+    from .registry import ModelSpec
 
-__all__ = ["Signature", "signature_of", "check_signature", "DETECTOR_NAME"]
+__all__ = ["Signature", "signature_of", "checkpoint_signature", "check_signature"]
 
-DETECTOR_NAME = "retinaface-mnet025"
 HASH_DIGITS = 8
 _KEYS = ("perface", "model", "det", "align", "tpl", "size", "prec")
+_FORBIDDEN = re.compile(r"[|\s]")
 _PRECISION = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "float64": "fp64"}
 
 
@@ -57,21 +62,33 @@ class Signature:
     size: str
     prec: str
 
+    def __post_init__(self) -> None:
+        for key in _KEYS:
+            value = getattr(self, key)
+            if not isinstance(value, str) or not value or _FORBIDDEN.search(value):
+                raise ValueError(
+                    f"signature field {key}={value!r}: a value is a non-empty string without '|' or whitespace"
+                )
+
     def __str__(self) -> str:
         return "|".join(f"{key}:{getattr(self, key)}" for key in _KEYS)
 
     @classmethod
-    def parse(cls, text: str) -> "Signature":
-        """Read a signature string. Raises ``ValueError`` naming what is malformed: a field
-        without ``:``, an unknown, missing or repeated key, or keys out of order."""
+    def parse(cls, text: str) -> Signature:
+        """Read a signature string (whitespace around ``|`` is ignored, so a copy that wrapped
+        lines still parses). Raises ``ValueError`` naming what is malformed: a field without
+        ``:`` or value, an unknown, missing or repeated key, keys out of order, or whitespace
+        inside a value."""
         text = text.strip()
-        parts = text.split("|")
+        parts = [part.strip() for part in text.split("|")]  # a copy may wrap lines or pad around '|'
         values = {}
         for part in parts:
             key, sep, value = part.partition(":")
             if not sep or not key or not value:
-                raise ValueError(f"signature {text!r}: field {part!r} is not key:value; expected "
-                                 f"{'|'.join(k + ':...' for k in _KEYS)}")
+                raise ValueError(
+                    f"signature {text!r}: field {part!r} is not key:value; expected "
+                    f"{'|'.join(k + ':...' for k in _KEYS)}"
+                )
             if key not in _KEYS:
                 raise ValueError(f"signature {text!r}: unknown field {key!r}; known fields: {', '.join(_KEYS)}")
             if key in values:
@@ -84,10 +101,13 @@ class Signature:
             raise ValueError(f"signature {text!r}: fields must come in the order {', '.join(_KEYS)}")
         return cls(**values)
 
-    def differences(self, other: "Signature") -> List[Tuple[str, str, str]]:
+    def differences(self, other: Signature) -> list[tuple[str, str, str]]:
         """``(field, self's value, other's value)`` for every field that differs."""
-        return [(f.name, getattr(self, f.name), getattr(other, f.name))
-                for f in fields(self) if getattr(self, f.name) != getattr(other, f.name)]
+        return [
+            (f.name, getattr(self, f.name), getattr(other, f.name))
+            for f in fields(self)
+            if getattr(self, f.name) != getattr(other, f.name)
+        ]
 
 
 def _short(sha256: str) -> str:
@@ -98,37 +118,93 @@ def _detector_field() -> str:
     from .registry import DETECTOR
 
     assert DETECTOR.weights is not None
-    return f"{DETECTOR_NAME}@{_short(DETECTOR.weights.sha256)}"
+    return f"{DETECTOR.name}@{_short(DETECTOR.weights.sha256)}"
 
 
-def signature_of(metric: "PerFace", align: Union[str, Sequence[str], None] = None) -> Signature:
+def _clean(value: str) -> str:
+    """A name as a signature value: '|' and whitespace (which would break parsing) become '_'."""
+    return _FORBIDDEN.sub("_", value.strip()) or "unknown"
+
+
+def _modes(align: Union[str, Sequence[str]]) -> tuple[str, ...]:
+    modes = (align,) if isinstance(align, str) else tuple(align)
+    if not modes:
+        raise ValueError("align: give one alignment mode or two (x, y), not an empty sequence")
+    return modes[:1] if len(set(modes)) == 1 else modes
+
+
+def _precision(dtype: torch.dtype) -> str:
+    name = str(dtype).replace("torch.", "")
+    return _PRECISION.get(name, name)
+
+
+def checkpoint_signature(
+    spec: ModelSpec,
+    sha256: str,
+    align: Union[str, Sequence[str]] = "none",
+    *,
+    modified: bool = False,
+    dtype: Optional[torch.dtype] = None,
+) -> Signature:
+    """The signature of a checkpoint described by ``spec`` whose weights file has hash ``sha256``,
+    used with ``align`` (one mode, or ``(mode_x, mode_y)``).
+
+    ``dtype``: the network's parameter dtype (default: torch's default dtype, which is what
+    ``PerFace(checkpoint)`` loads into); ``modified``: weights changed since loading (adds ``*``).
+    This is what a model card prints: the signature ``PerFace(checkpoint)`` reports.
+    """
+    from ._version import __version__
+
+    modes = _modes(align)
+    model = f"{_clean(spec.name)}@{_short(sha256)}" + ("*" if modified else "")
+    det = _detector_field() if "detect" in modes else "none"
+    return Signature(
+        perface=__version__,
+        model=model,
+        det=det,
+        align=",".join(modes),
+        tpl=_clean(spec.template),
+        size=str(spec.input_size),
+        prec=_precision(dtype or torch.get_default_dtype()),
+    )
+
+
+def signature_of(metric: PerFace, align: Union[str, Sequence[str], None] = None) -> Signature:
     """The signature of ``metric`` as used with ``align``.
 
     ``align``: ``None`` (the metric's own ``align`` setting, i.e. what ``metric(x, y)`` does),
     one mode for both inputs, or ``(mode_x, mode_y)``. The photo functions
     (:func:`perface.similarity`, :func:`perface.embed_images`, ranking) pass ``"detect"``.
     """
-    from ._version import __version__
-
-    modes: Tuple[str, ...]
-    if align is None:
-        modes = tuple(metric.align_modes)
-    elif isinstance(align, str):
-        modes = (align,)
-    else:
-        modes = tuple(align)
-    if len(set(modes)) == 1:
-        modes = modes[:1]
-    model = f"{metric.name}@{_short(metric.weights_sha256)}" + ("*" if metric.weights_modified else "")
-    det = _detector_field() if "detect" in modes else "none"
-    dtype = next(metric.net.parameters()).dtype
-    prec = _PRECISION.get(str(dtype).replace("torch.", ""), str(dtype).replace("torch.", ""))
-    return Signature(perface=__version__, model=model, det=det, align=",".join(modes), tpl=metric.template,
-                     size=str(metric.input_size), prec=prec)
+    return checkpoint_signature(
+        metric.spec,
+        metric.weights_sha256,
+        metric.align_modes if align is None else align,
+        modified=metric.weights_modified,
+        dtype=next(metric.net.parameters()).dtype,
+    )
 
 
-def check_signature(expected: Union[str, Signature], metric: Optional["PerFace"] = None, *,
-                    align: Union[str, Sequence[str], None] = None, strict: bool = True) -> Signature:
+# How to reproduce each field of a signature, for the mismatch message.
+_FIXES = {
+    "perface": "pip install perface=={perface}",
+    "model": "load the checkpoint the model field names (name@first 8 hex digits of its weights file's sha256; "
+    "a trailing * means weights changed after loading: save and reload them)",
+    "det": "the face detector comes with the perface version and is used when align is detect",
+    "align": "align inputs as {align} (PerFace(align=...); photos use detect)",
+    "tpl": "use the checkpoint the model field names (it sets the template)",
+    "size": "use the checkpoint the model field names (it sets the input size)",
+    "prec": "cast the metric to {prec} (fp32: .float(), fp16: .half(), bf16: .to(torch.bfloat16))",
+}
+
+
+def check_signature(
+    expected: Union[str, Signature],
+    metric: Optional[PerFace] = None,
+    *,
+    align: Union[str, Sequence[str], None] = None,
+    strict: bool = True,
+) -> Signature:
     """Compare ``expected`` (e.g. copied from a paper) with the installed metric.
 
     Args:
@@ -152,9 +228,8 @@ def check_signature(expected: Union[str, Signature], metric: Optional["PerFace"]
     diffs = want.differences(have)
     if diffs:
         listed = "; ".join(f"{key}: expected {a!r}, installed {b!r}" for key, a, b in diffs)
-        fix = ("install the perface version and load the checkpoint the signature names "
-               "(pip install perface==VERSION; PerFace('NAME') or a checkpoint whose sha256 starts with the hash)")
-        message = f"signature mismatch ({listed}); numbers are not comparable. To reproduce them, {fix}."
+        fixes = "; ".join(dict.fromkeys(_FIXES[key].format(**vars(want)) for key, _, _ in diffs))
+        message = f"signature mismatch ({listed}); numbers are not comparable. To reproduce them: {fixes}."
         if strict:
             raise SignatureMismatchError(message)
         warnings.warn(message, stacklevel=2)

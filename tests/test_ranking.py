@@ -14,10 +14,10 @@ import torch.nn.functional as F
 from perface.ranking.pool import (
     EmbedBatch,
     cache_path,
-    list_images,
     merge_shards,
     parse_shard,
     read_cache,
+    scan_pool,
     shard_path,
     update_pool,
 )
@@ -137,7 +137,8 @@ class FakeEmbedder:
     b"noface" fail. Records every call."""
 
     def __init__(self, name: str = "fake", dim: int = 16):
-        self.key = {"model": name, "template": "arcface", "fingerprint": hashlib.sha256(name.encode()).hexdigest()}
+        self.key = {"model": name, "template": "arcface", "fingerprint": hashlib.sha256(name.encode()).hexdigest(),
+                    "signature": f"perface:test|model:{name}@00000000|det:none|align:none|tpl:arcface|size:112|prec:fp32"}
         self.dim = dim
         self.calls = []
 
@@ -170,7 +171,7 @@ def test_cache_reuse_invalidation_and_incremental_extension(tmp_path):
     (root / "zz_blank.png").write_bytes(b"noface")
     emb = FakeEmbedder()
     pool = update_pool(root, emb, cache_dir=cache)
-    assert pool.files == list_images(root) and "notes.txt" not in pool.files
+    assert pool.files == scan_pool(root)[0] and "notes.txt" not in pool.files
     assert emb.calls == [pool.files] and pool.embedded == 7
     assert pool.errors == {"zz_blank.png": f"image {str(root / 'zz_blank.png')!r}: no face found"}
     assert pool.ok.tolist() == [True] * 6 + [False]
@@ -197,7 +198,7 @@ def test_cache_reuse_invalidation_and_incremental_extension(tmp_path):
     stored = read_cache(cache_path(cache, "fake"), root)
     assert stored.files == updated.files and stored.errors == updated.errors
 
-    with pytest.warns(UserWarning, match="another model"):  # same cache file, another model
+    with pytest.warns(UserWarning, match="another metric"):  # same cache file, another model
         other = FakeEmbedder()
         other.key = dict(other.key, fingerprint="0" * 64)
         update_pool(root, other, cache_dir=cache)
@@ -212,8 +213,8 @@ def test_corrupt_cache_is_rebuilt(tmp_path):
     make_pool(root, 3)
     emb = FakeEmbedder()
     update_pool(root, emb, cache_dir=cache)
-    files_json = cache_path(cache, "fake").with_name("fake.files.json")
-    files_json.write_text(files_json.read_text().replace("p00", "q00"))
+    path = cache_path(cache, "fake")
+    path.write_bytes(path.read_bytes()[:-7])  # cut short, as by a crash of a writer without atomic writes
     with pytest.warns(UserWarning, match="unusable"):
         pool = update_pool(root, emb, cache_dir=cache)
     assert pool.embedded == 3 and len(emb.calls) == 2
@@ -255,26 +256,25 @@ def test_parse_shard(monkeypatch):
             parse_shard(bad)
 
 
-def test_rank_on_synthetic_pool_excludes_target_file_and_writes_csv(tmp_path, monkeypatch):
+def test_rank_on_synthetic_pool_excludes_target_file_and_writes_csv(tmp_path):
     import perface
-    import perface.ranking.rank as pool_rank
 
     root = tmp_path / "pool"
     make_pool(root, 8)
     emb = FakeEmbedder()
     pool = update_pool(root, emb, cache_dir=False)
-    monkeypatch.setattr(pool_rank, "_as_pool", lambda *a, **k: pool)
     target = pool.embeddings[2]
-    result = perface.rank(target, root, top=3, model="sface")
+    result = perface.rank(target, pool, top=3, model="sface")
     ref = dense_order(pool.embeddings @ target)
     assert result.files == [pool.files[i] for i in ref[:3].tolist()]
     assert result.files[0] == "p02.jpg"  # an embedding target is not a pool file
-    result = perface.rank(target, root, top=3, exclude_identity=0.99, model="sface")
+    result = perface.rank(target, pool, top=3, exclude_identity=0.99, model="sface")
     assert "p02.jpg" not in result.files
     path = result.write_csv(tmp_path / "r.csv")
     lines = path.read_text().splitlines()
-    assert lines[0] == "rank,file,similarity,x1,y1,x2,y2"
+    assert lines[0] == "rank,file,similarity,x1,y1,x2,y2,signature"
     assert [line.split(",")[1] for line in lines[1:]] == result.files
+    assert {line.split(",")[-1] for line in lines[1:]} == {emb.key["signature"]}
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert len(perface.rank(target, root, band=(-1.0, 1.0), model="sface")) == 8
+        assert len(perface.rank(target, pool, band=(-1.0, 1.0), model="sface")) == 8

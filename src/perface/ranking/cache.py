@@ -16,6 +16,8 @@ tensor             shape, dtype                content
 ``error_rows``     (K,) int64                  rows without an embedding, ascending
 ``errors``         (E,) uint8                  their K reasons, UTF-8, concatenated
 ``error_offsets``  (K + 1,) int64              as ``name_offsets``, for ``errors``
+``skipped``        (S,) uint8                  JSON ``{file: reason}`` of the files not embedded
+                                               at the last scan (not image files, ...)
 =================  ==========================  ===============================================
 
 and string metadata ``format``, ``model``, ``template``, ``fingerprint`` (sha256 of the network's
@@ -155,7 +157,7 @@ class Pool:
         model: ``{"model", "template", "fingerprint", "signature"}`` of the metric that made the
             rows.
         skipped: file name -> why it was not embedded at all (not an image file, HEIC without
-            its reader); found by each scan of the folder, never cached.
+            its reader); found again by each scan of the folder (a cache keeps the last scan's).
         embedded: how many files the last update embedded (the other rows came from the cache).
     """
 
@@ -217,11 +219,17 @@ def write_cache(path: Union[str, Path], pool: Pool) -> Path:
     tensors = {"embeddings": pool.embeddings, "boxes": pool.boxes.to(torch.float32), "sizes": pool.sizes,
                "mtimes_ns": pool.mtimes_ns, "digests": pool.digests, "names": names.blob,
                "name_offsets": names.offsets, "error_rows": torch.tensor(error_rows, dtype=torch.int64),
-               "errors": reason_strings.blob, "error_offsets": reason_strings.offsets}
+               "errors": reason_strings.blob, "error_offsets": reason_strings.offsets,
+               "skipped": _json_bytes(pool.skipped)}
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     meta = {k: str(pool.model.get(k, "")) for k in _META_KEYS}
     meta.update(format=FORMAT, root=str(pool.root))
     return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+
+
+def _json_bytes(data: Dict[str, str]) -> torch.Tensor:
+    encoded = json.dumps(data, ensure_ascii=False, sort_keys=True).encode("utf-8")
+    return torch.frombuffer(bytearray(encoded), dtype=torch.uint8)
 
 
 def _map_file(path: Path) -> Tuple[Dict[str, str], Dict[str, torch.Tensor]]:
@@ -283,6 +291,7 @@ def read_cache(path: Union[str, Path], root: Union[str, Path, None] = None) -> O
         errors = _Errors(names, t["error_rows"], Strings(t["errors"], t["error_offsets"]))
         if len(errors.reasons) != len(errors):
             raise ValueError("failure reasons do not match their rows")
+        skipped = json.loads(t["skipped"].numpy().tobytes().decode("utf-8"))
     except PermissionError as exc:
         warnings.warn(f"pool cache {path} cannot be read ({exc.strerror}); it is ignored. Ask its owner to make "
                       "it readable, or use another cache folder (--cache DIR, PERFACE_CACHE=DIR)", stacklevel=2)
@@ -292,4 +301,5 @@ def read_cache(path: Union[str, Path], root: Union[str, Path, None] = None) -> O
         return None
     return Pool(root=Path(root if root is not None else meta.get("root", "")), files=names,
                 embeddings=t["embeddings"], boxes=t["boxes"], sizes=t["sizes"], mtimes_ns=t["mtimes_ns"],
-                digests=t["digests"], errors=errors, model={k: meta.get(k, "") for k in _META_KEYS})
+                digests=t["digests"], errors=errors, model={k: meta.get(k, "") for k in _META_KEYS},
+                skipped=skipped)

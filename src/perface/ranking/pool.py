@@ -206,10 +206,14 @@ def _walk(root: Path, exclude: Sequence[Path]) -> List[Tuple[str, Optional[str]]
     return sorted(found)
 
 
+def _heif_reader_installed() -> bool:
+    return importlib.util.find_spec("pillow_heif") is not None
+
+
 def _skip_reason(name: str) -> Optional[str]:
     """Why ``name`` is not handed to the embedder, or None when it is an image file."""
     suffix = PurePosixPath(name).suffix.lower()
-    if suffix in HEIF_SUFFIXES and importlib.util.find_spec("pillow_heif") is None:
+    if suffix in HEIF_SUFFIXES and not _heif_reader_installed():
         return "HEIC/HEIF photo: reading it needs the optional package pillow-heif (pip install pillow-heif)"
     if suffix not in IMAGE_SUFFIXES and suffix not in HEIF_SUFFIXES:
         known = ", ".join(sorted(IMAGE_SUFFIXES | HEIF_SUFFIXES))

@@ -222,6 +222,12 @@ def write_cache(path: Union[str, Path], pool: Pool) -> Path:
                "errors": reason_strings.blob, "error_offsets": reason_strings.offsets,
                "skipped": _json_bytes(pool.skipped)}
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    seen = set()
+    for key, value in tensors.items():  # safetensors refuses tensors that share memory: copy those
+        ptr = value.untyped_storage().data_ptr()
+        if value.numel() and ptr in seen:
+            tensors[key] = value.clone()
+        seen.add(ptr)
     meta = {k: str(pool.model.get(k, "")) for k in _META_KEYS}
     meta.update(format=FORMAT, root=str(pool.root))
     return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
@@ -261,6 +267,9 @@ def _map_file(path: Path) -> Tuple[Dict[str, str], Dict[str, torch.Tensor]]:
             tensors[name] = torch.empty(shape, dtype=dtype)
         elif (base + start) % itemsize == 0:
             tensors[name] = torch.frombuffer(mm, dtype=dtype, count=count, offset=base + start).view(shape)
+            if name == "embeddings" and hasattr(mm, "madvise"):  # scanned front to back: read ahead far
+                page = (base + start) // mmap.PAGESIZE * mmap.PAGESIZE
+                mm.madvise(mmap.MADV_SEQUENTIAL, page, base + stop - page)
         else:  # unaligned (not written by safetensors >= 0.4): copy
             raw = bytearray(mm[base + start:base + stop])
             tensors[name] = torch.frombuffer(raw, dtype=dtype).view(shape)

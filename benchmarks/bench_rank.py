@@ -239,6 +239,7 @@ def bench_cache_io(n: int, dim: int = 512) -> dict:
         t0 = time.perf_counter()
         write_cache(path, pool)
         t_write = time.perf_counter() - t0
+        size = path.stat().st_size
         t0 = time.perf_counter()
         back = read_cache(path, "/pool")
         t_open = time.perf_counter() - t0
@@ -246,7 +247,7 @@ def bench_cache_io(n: int, dim: int = 512) -> dict:
         names = list(back.files)
         t_names = time.perf_counter() - t0
         assert len(names) == n
-    return {"rows": n, "dim": dim, "disk_mib": path.stat().st_size / 2**20 if path.exists() else None,
+    return {"rows": n, "dim": dim, "disk_mib": size / 2**20,
             "write_s": t_write, "open_s": t_open, "decode_all_names_s": t_names}
 
 

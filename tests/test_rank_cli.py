@@ -11,7 +11,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -239,6 +238,7 @@ def perface_cli(*args: str) -> list:
     return [sys.executable, "-m", "perface", *args]
 
 
+@pytest.mark.slow  # two processes load the model
 def test_ctrl_c_while_embedding_keeps_progress_and_exits_130(faces_dir, tmp_path):
     pool, cache = tmp_path / "pool", tmp_path / "cache"
     pool.mkdir()
@@ -267,6 +267,7 @@ def test_ctrl_c_while_embedding_keeps_progress_and_exits_130(faces_dir, tmp_path
     assert f"{total - saved} embedded now, {saved} from the cache" in again.stdout  # nothing embedded twice
 
 
+@pytest.mark.slow  # a process loads the model
 def test_read_only_cache_warns_once_and_ranks_without_it(faces_dir, tmp_path):
     if os.geteuid() == 0:  # root ignores permission bits: run the command without that power
         if shutil.which("setpriv") is None:

@@ -319,7 +319,7 @@ def test_rank_keeps_every_face_in_the_full_band(tmp_path):
 
 
 def test_every_file_is_ranked_or_listed_with_a_reason(tmp_path, monkeypatch):
-    import perface.ranking.pool as pool_module
+    import perface.ranking.scan as scan_module
 
     root = tmp_path / "pool"
     make_pool(root, 3)  # p00..p02.jpg and notes.txt
@@ -327,7 +327,7 @@ def test_every_file_is_ranked_or_listed_with_a_reason(tmp_path, monkeypatch):
     (root / "sub" / "IMG_0001.HEIC").write_bytes(b"noface: stands in for an iPhone photo")
     (root / "sub" / "dangling.jpg").symlink_to(root / "missing.jpg")
     (root / ".DS_Store").write_bytes(b"hidden")
-    monkeypatch.setattr(pool_module, "_heif_reader_installed", lambda: False, raising=False)
+    monkeypatch.setattr(scan_module, "_heif_reader_installed", lambda: False, raising=False)
     pool = update_pool(root, FakeEmbedder(), cache_dir=False)
     assert pool.files == ["p00.jpg", "p01.jpg", "p02.jpg"]
     assert set(pool.failures) == {"notes.txt", "sub/IMG_0001.HEIC", "sub/dangling.jpg"}
@@ -335,7 +335,7 @@ def test_every_file_is_ranked_or_listed_with_a_reason(tmp_path, monkeypatch):
     assert "not an image file (.txt)" in pool.failures["notes.txt"]
     assert "broken symbolic link" in pool.failures["sub/dangling.jpg"]
 
-    monkeypatch.setattr(pool_module, "_heif_reader_installed", lambda: True)
+    monkeypatch.setattr(scan_module, "_heif_reader_installed", lambda: True, raising=False)
     emb = FakeEmbedder()
     pool = update_pool(root, emb, cache_dir=False)  # with the reader the HEIC goes to the embedder
     assert "IMG_0001.HEIC" in emb.calls[0] and "no face found" in pool.failures["sub/IMG_0001.HEIC"]

@@ -276,7 +276,7 @@ def _map_file(path: Path) -> Tuple[Dict[str, str], Dict[str, torch.Tensor]]:
     return meta, tensors
 
 
-def read_cache(path: Union[str, Path], root: Union[str, Path, None] = None) -> Optional[Pool]:
+def read_cache(path: Union[str, "os.PathLike[str]"], root: Union[str, "os.PathLike[str]", None] = None) -> Optional[Pool]:
     """The pool stored at ``path``, memory-mapped; None when there is no such file.
 
     ``root``: the pool folder (default: the one recorded in the file). A damaged file or one in

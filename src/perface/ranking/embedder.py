@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Protocol, Sequence, Tuple, Union
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -31,11 +31,15 @@ class EmbedBatch:
     errors: Dict[int, str] = field(default_factory=dict)
 
 
-#: The embedder protocol: ``embedder(paths) -> EmbedBatch``, with a ``key`` attribute
-#: ``{"model", "template", "fingerprint", "signature"}`` naming what makes the rows. An embedder
-#: may accept a keyword ``progress``: a callable told how many files it has finished, so that
-#: the pool's one progress bar moves during a call.
-Embedder = Callable[[List[str]], EmbedBatch]
+class Embedder(Protocol):
+    """The embedder protocol: ``embedder(paths) -> EmbedBatch``, with a ``key`` attribute
+    ``{"model", "template", "fingerprint", "signature"}`` naming what makes the rows. An embedder
+    may also accept a keyword ``progress``: a callable told how many files it has finished, so
+    that the pool's one progress bar moves during a call."""
+
+    key: Dict[str, str]
+
+    def __call__(self, paths: List[str], /) -> EmbedBatch: ...
 
 
 def face_crop(src, template: str, size: int, device="cpu") -> Tuple[torch.Tensor, torch.Tensor]:

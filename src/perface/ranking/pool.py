@@ -1,6 +1,6 @@
 """A pool folder's embeddings: scanned, embedded incrementally, cached, resumable and shardable.
 
-**Every file is accounted for.** :func:`scan_pool` lists every file under the pool folder
+**Every file is accounted for.** :func:`~perface.ranking.scan.scan_pool` lists every file under the pool folder
 (hidden files and folders, whose names start with ``.``, excepted). Image files are embedded;
 every other file is *skipped* with a reason (not an image file, a HEIC photo without the
 optional ``pillow-heif`` reader, a broken link); files the embedder cannot use become NaN rows
@@ -32,23 +32,21 @@ from __future__ import annotations
 
 import bisect
 import hashlib
-import importlib.util
 import inspect
 import os
 import re
-import stat
 import tempfile
 import time
 import uuid
 import warnings
-from pathlib import Path, PurePosixPath
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union, cast
 
 import torch
 
-from ..imageio import IMAGE_SUFFIXES
 from .cache import Pool, read_cache, write_cache
 from .embedder import EmbedBatch, Embedder, PhotoEmbedder, model_key
+from .scan import HEIF_SUFFIXES, scan_pool, walk_pool, classify
 
 __all__ = [
     "Pool",
@@ -76,7 +74,6 @@ __all__ = [
 SAVE_EVERY = 500  # files per saved chunk at most
 SAVE_SECONDS = 30.0  # seconds per saved chunk at most (the chunk size adapts to the measured rate)
 _FIRST_CHUNK = 16  # before any rate is known
-HEIF_SUFFIXES = frozenset({".heic", ".heif", ".hif"})  # iPhone photos; read through pillow-heif
 
 _clock = time.monotonic
 _unwritable_warned: set = set()
@@ -171,76 +168,6 @@ class PoolSet:
             if r < len(p) and p.files[r] == name:
                 return offset + r
         return None
-
-
-# --------------------------------------------------------------------------- folder scan
-
-
-def _walk(root: Path, exclude: Sequence[Path]) -> List[Tuple[str, Optional[str]]]:
-    """(relative name, problem) of every non-hidden entry below ``root``, sorted; the problem
-    is None for a regular file (or a link to one). Links to folders are followed once."""
-    if not root.is_dir():
-        raise NotADirectoryError(f"pool folder {root} does not exist or is not a folder; pass a folder of photos")
-    excluded = {os.path.realpath(p) for p in exclude}
-    seen = set()
-    found: List[Tuple[str, Optional[str]]] = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        real = os.path.realpath(dirpath)
-        if real in seen or real in excluded:
-            dirnames[:] = []
-            continue
-        seen.add(real)
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        rel_dir = PurePosixPath(Path(dirpath).relative_to(root).as_posix())
-        for name in filenames:
-            if name.startswith("."):
-                continue
-            try:
-                mode = os.stat(os.path.join(dirpath, name)).st_mode
-                problem = None if stat.S_ISREG(mode) else "not a regular file (a device, pipe or socket)"
-            except FileNotFoundError:
-                problem = "broken symbolic link: its target does not exist"
-            except OSError as exc:
-                problem = f"cannot be read ({exc.strerror})"
-            found.append(((rel_dir / name).as_posix(), problem))
-    return sorted(found)
-
-
-def _heif_reader_installed() -> bool:
-    return importlib.util.find_spec("pillow_heif") is not None
-
-
-def _skip_reason(name: str) -> Optional[str]:
-    """Why ``name`` is not handed to the embedder, or None when it is an image file."""
-    suffix = PurePosixPath(name).suffix.lower()
-    if suffix in HEIF_SUFFIXES and not _heif_reader_installed():
-        return "HEIC/HEIF photo: reading it needs the optional package pillow-heif (pip install pillow-heif)"
-    if suffix not in IMAGE_SUFFIXES and suffix not in HEIF_SUFFIXES:
-        known = ", ".join(sorted(IMAGE_SUFFIXES | HEIF_SUFFIXES))
-        return f"not an image file ({suffix or 'no extension'}); pool photos must be one of {known}"
-    return None
-
-
-def _classify(entries: Sequence[Tuple[str, Optional[str]]]) -> Tuple[List[str], Dict[str, str]]:
-    names, skipped = [], {}
-    for name, problem in entries:
-        reason = problem or _skip_reason(name)
-        if reason is None:
-            names.append(name)
-        else:
-            skipped[name] = reason
-    return names, skipped
-
-
-def scan_pool(root: PathLike, *, exclude: Sequence[PathLike] = ()) -> Tuple[List[str], Dict[str, str]]:
-    """Every file under ``root`` (recursive), sorted relative POSIX paths, split into image
-    files to embed and skipped files -> reason (not an image file, HEIC without pillow-heif,
-    broken link). Hidden files and folders (names starting with ``.``) and the ``exclude``
-    folders (e.g. a cache folder inside the pool) are left out.
-
-    Raises ``NotADirectoryError`` naming the path when ``root`` is not a folder.
-    """
-    return _classify(_walk(Path(root), [Path(p) for p in exclude]))
 
 
 # --------------------------------------------------------------------------- cache locations
@@ -379,9 +306,10 @@ def _reuse(root: Path, names: List[str], sizes: torch.Tensor, mtimes: torch.Tens
     n = len(names)
     dim = next((s.embeddings.shape[1] for s in sources if len(s)), 0)
     dtype = dtype or next((s.embeddings.dtype for s in sources if len(s)), torch.float32)
+    errors: Dict[str, str] = {}
     pool = Pool(root=root, files=names, embeddings=torch.full((n, dim), float("nan"), dtype=dtype),
                 boxes=torch.full((n, 4), float("nan")), sizes=sizes, mtimes_ns=mtimes,
-                digests=torch.zeros(n, dtype=torch.int64), errors={}, model=dict(model))
+                digests=torch.zeros(n, dtype=torch.int64), errors=errors, model=dict(model))
     index: Dict[str, Tuple[int, int]] = {}
     for s, src in enumerate(sources):
         index.update((name, (s, row)) for row, name in enumerate(src.files))
@@ -402,7 +330,7 @@ def _reuse(root: Path, names: List[str], sizes: torch.Tensor, mtimes: torch.Tens
         for name, reason in src.errors.items():
             r = bisect.bisect_left(names, name)
             if r < n and names[r] == name and fresh[r] and int(hit_src[r]) == s:
-                pool.errors[name] = reason
+                errors[name] = reason
     return pool, (~fresh).nonzero().flatten().tolist()
 
 
@@ -442,11 +370,13 @@ def _fill(pool: Pool, rows: List[int], batch: EmbedBatch) -> None:
         emb[i] = float("nan")
     pool.embeddings[index] = emb
     pool.boxes[index] = batch.boxes.to(torch.float32)
+    errors = dict(pool.errors)
     for i, r in enumerate(rows):
         name = pool.files[r]
         pool.digests[r] = file_digest(pool.root / name)
         if i in batch.errors:
-            pool.errors[name] = batch.errors[i]
+            errors[name] = batch.errors[i]
+    pool.errors = errors
 
 
 def _embed(pool: Pool, todo: List[int], embedder: Embedder, save_to: Optional[Path], save_every: int,
@@ -459,7 +389,7 @@ def _embed(pool: Pool, todo: List[int], embedder: Embedder, save_to: Optional[Pa
               disable=not (progress and todo)) as bar:
         for rows in _chunks(todo, save_every, save_seconds):
             paths = [str(pool.root / pool.files[r]) for r in rows]
-            batch = embedder(paths, progress=bar.update) if takes_progress else embedder(paths)
+            batch = cast(Any, embedder)(paths, progress=bar.update) if takes_progress else embedder(paths)
             if not takes_progress:
                 bar.update(len(rows))
             _fill(pool, rows, batch)
@@ -554,13 +484,13 @@ def update_pool(
     model = dict(embedder.key) if model is None else dict(model)
     path = None
     if cache_dir is not False:
-        cache_dir = default_cache_dir(root) if cache_dir in (None, True) else Path(cache_dir)
-        path = cache_path(cache_dir, model["model"]) if shard is None else shard_path(cache_dir, model["model"], shard)
+        folder = default_cache_dir(root) if cache_dir is None or isinstance(cache_dir, bool) else Path(cache_dir)
+        path = cache_path(folder, model["model"]) if shard is None else shard_path(folder, model["model"], shard)
     if files is None:
-        entries = _walk(root, [path.parent] if path is not None else [])
+        entries = walk_pool(root, [path.parent] if path is not None else [])
     else:
         entries = [(name, None) for name in sorted(set(files))]
-    names, skipped = _classify(entries)
+    names, skipped = classify(entries)
     if shard is not None:  # images split evenly; the first shard reports the files not embedded
         names, skipped = names[shard[0]::shard[1]], (skipped if shard[0] == 0 else {})
     names, sizes, mtimes = _stat(root, names)
@@ -578,7 +508,7 @@ def update_pool(
     pool, todo = _reuse(root, names, sizes, mtimes, sources, model, dtype)
     pool.skipped = skipped
     _embed(pool, todo, embedder, path if writable else None, save_every, save_seconds, progress)
-    if writable:
+    if writable and path is not None:
         _consolidate(path, pool, model)
     return pool
 

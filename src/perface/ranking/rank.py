@@ -58,7 +58,7 @@ class RankResult:
     target_box: torch.Tensor
     pool: PoolSet
     selection: Selection
-    rule: Dict[str, object] = field(default_factory=dict)
+    rule: Dict[str, Any] = field(default_factory=dict)
     model: str = ""
     signature: str = ""
     excluded: List[str] = field(default_factory=list)
@@ -425,7 +425,7 @@ def rank(
 
     mask = None
     groups: List[str] = []
-    if group:
+    if group and labels is not None:
         rel = None
         if target_path is not None:
             try:

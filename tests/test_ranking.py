@@ -500,3 +500,18 @@ def test_float16_cache_round_trip(tmp_path):
     assert stored.embeddings.dtype == torch.float16 and torch.equal(stored.embeddings, pool.embeddings)
     again = update_pool(root, FakeEmbedder(), cache_dir=cache)  # the cache's dtype is kept
     assert again.embeddings.dtype == torch.float16 and again.embedded == 0
+
+
+def test_saved_progress_of_another_metric_is_left_alone(tmp_path):
+    root, cache = tmp_path / "pool", tmp_path / "cache"
+    make_pool(root, 4)
+    other = FakeEmbedder()
+    other.key = dict(other.key, signature=other.key["signature"].replace("perface:test", "perface:other"))
+    from perface.ranking.pool import _new_part_path, write_cache
+
+    foreign = update_pool(root, other, cache_dir=False)
+    part = write_cache(_new_part_path(cache_path(cache, "fake")), foreign)  # another version's progress
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # its rows are not ours: no warning, not used, not deleted
+        pool = update_pool(root, FakeEmbedder(), cache_dir=cache)
+    assert pool.embedded == 4 and part.is_file()

@@ -20,7 +20,8 @@ def add_cache_arguments(parser: argparse.ArgumentParser) -> None:
     and ``perface embed-pool``."""
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"checkpoint name or path (default {DEFAULT_MODEL})")
     parser.add_argument("--cache", metavar="DIR",
-                        help="pool cache folder (default: PERFACE_CACHE/pools/..., see docs/ranking.md)")
+                        help="pool cache folder (default: $PERFACE_CACHE/pools/<pool>-<hash>, PERFACE_CACHE defaulting "
+                             "to $HF_HOME/perface; see docs/ranking.md)")
     parser.add_argument("--rebuild", action="store_true", help="re-embed every photo, ignoring the cache")
     parser.add_argument("--dtype", choices=("float32", "float16"),
                         help="stored embedding type of a new cache: float16 halves disk and memory (default float32)")

@@ -301,6 +301,8 @@ def read_cache(path: Union[str, "os.PathLike[str]"], root: Union[str, "os.PathLi
         if len(errors.reasons) != len(errors):
             raise ValueError("failure reasons do not match their rows")
         skipped = json.loads(t["skipped"].numpy().tobytes().decode("utf-8"))
+    except FileNotFoundError:  # removed since it was listed (another process folded it in)
+        return None
     except PermissionError as exc:
         warnings.warn(f"pool cache {path} cannot be read ({exc.strerror}); it is ignored. Ask its owner to make "
                       "it readable, or use another cache folder (--cache DIR, PERFACE_CACHE=DIR)", stacklevel=2)

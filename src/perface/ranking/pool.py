@@ -422,9 +422,14 @@ def _consolidate(path: Path, pool: Pool, model: Dict[str, str]) -> None:
     from .._io import file_lock
 
     with file_lock(path):
-        parts = _part_files(path)
-        others = [c for c in (_matching(read_cache(p, pool.root), model, p, warn=False) for p in [path, *parts])
-                  if c is not None]
+        others, merged = [], []
+        for p in [path, *_part_files(path)]:
+            cached = read_cache(p, pool.root)
+            usable = _matching(cached, model, p, warn=False)
+            if usable is not None:
+                others.append(usable)
+            if p != path and (cached is None or usable is not None):  # merged now, or damaged: done with
+                merged.append(p)
         ours = set(pool.files) | set(pool.skipped)
         foreign = sorted({name for src in others for name in src.files} - ours)
         names, sizes, mtimes = _stat(pool.root, foreign)
@@ -432,7 +437,7 @@ def _consolidate(path: Path, pool: Pool, model: Dict[str, str]) -> None:
         if missing:
             kept = kept.subset(sorted(set(range(len(kept))) - set(missing)))
         write_cache(path, _concat([pool, kept]) if len(kept) else pool)
-        for p in parts:
+        for p in merged:  # parts of another metric (another perface version at work) are left alone
             p.unlink(missing_ok=True)
 
 
@@ -498,8 +503,8 @@ def update_pool(
 
     parts = [] if path is None or rebuild else _part_files(path)
     main = None if rebuild or path is None else _matching(read_cache(path, root), model, path)
-    sources = [c for c in [main, *(_matching(read_cache(p, root), model, p) for p in [*extra, *parts])]
-               if c is not None]
+    sources = [c for c in [main, *(_matching(read_cache(p, root), model, p) for p in extra),
+                           *(_matching(read_cache(p, root), model, p, warn=False) for p in parts)] if c is not None]
     if main is not None and sources == [main] and (dtype is None or dtype == main.embeddings.dtype) \
             and _unchanged(main, names, sizes, mtimes):
         main.skipped = skipped

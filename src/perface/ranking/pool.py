@@ -370,7 +370,7 @@ def _fill(pool: Pool, rows: List[int], batch: EmbedBatch) -> None:
         emb[i] = float("nan")
     pool.embeddings[index] = emb
     pool.boxes[index] = batch.boxes.to(torch.float32)
-    errors = dict(pool.errors)
+    errors = pool.errors if isinstance(pool.errors, dict) else dict(pool.errors)
     for i, r in enumerate(rows):
         name = pool.files[r]
         pool.digests[r] = file_digest(pool.root / name)

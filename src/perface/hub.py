@@ -53,8 +53,14 @@ _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
 
 def perface_cache_dir() -> Path:
-    """perface's own cache (converted/imported weights, trust records): ``$PERFACE_CACHE`` or
-    ``$HF_HOME/perface``."""
+    """The one root of everything perface caches: converted/imported weights (``files/``),
+    trust-on-first-use records (``trust/``) and pool embeddings (``pools/``, see
+    :func:`perface.ranking.pool.default_cache_dir`).
+
+    ``$PERFACE_CACHE`` when set, else ``$HF_HOME/perface`` (``HF_HOME`` defaults to
+    ``~/.cache/huggingface``): beside the Hub downloads, so that one variable moves, and one
+    folder copied to an offline machine carries, all the files perface needs.
+    """
     from huggingface_hub import constants
 
     return Path(os.environ.get("PERFACE_CACHE") or Path(constants.HF_HOME) / "perface").expanduser()

@@ -11,6 +11,7 @@ from typing import Optional, Sequence, Tuple, Union
 
 import torch
 
+from .._io import atomic_write
 from .._plotting import pyplot, save_figure
 
 __all__ = ["face_thumbnail", "contact_sheet", "similarity_histogram", "similarity_heatmap"]
@@ -109,10 +110,7 @@ def contact_sheet(
     for i, (thumb, caption) in enumerate(candidates):
         r, c = divmod(i, cols)
         put(thumb, caption, x0 + c * cell_w, top + r * cell_h, "#1f77b4")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(path)
-    return path
+    return atomic_write(path, lambda tmp: sheet.save(tmp, format="PNG"))
 
 
 def similarity_histogram(

@@ -1,245 +1,225 @@
-"""Pool embeddings computed once and kept on disk, updated incrementally, shardable.
+"""A pool folder's embeddings: scanned, embedded incrementally, cached, resumable and shardable.
 
-A pool is a folder of photos. Its cache is two files in a cache directory, named after the
-model: ``<model>.safetensors`` (tensors ``embeddings`` (N, D) float32 with NaN rows for photos
-without a usable face, ``boxes`` (N, 4) xyxy face boxes in photo pixels, ``sizes`` and
-``mtimes_ns`` (N,) int64) whose metadata records the model name, template and weights
-fingerprint; and ``<model>.files.json`` (the N relative file names in row order and the reason
-each failed photo failed). A row is reused while its file's size and mtime are unchanged and
-the model's fingerprint matches; new or changed files are embedded, vanished ones dropped.
+**Every file is accounted for.** :func:`~perface.ranking.scan.scan_pool` lists every file under the pool folder
+(hidden files and folders, whose names start with ``.``, excepted). Image files are embedded;
+every other file is *skipped* with a reason (not an image file, a HEIC photo without the
+optional ``pillow-heif`` reader, a broken link); files the embedder cannot use become NaN rows
+with a reason. :attr:`Pool.failures` lists both, so nothing is silently dropped.
 
-Sharding: ``update_pool(..., shard=(i, n))`` embeds only ``files[i::n]`` into its own shard
-file (one process or machine each, e.g. under ``torchrun``); :func:`merge_shards` folds the
-shards into the main cache (files no shard covered are embedded then).
+**Cache.** The rows live in one safetensors file per model (:mod:`perface.ranking.cache`) in a
+cache folder, by default :func:`default_cache_dir`: ``<perface cache>/pools/<folder>-<hash>``,
+where the perface cache is :func:`perface.hub.perface_cache_dir` (``$PERFACE_CACHE``, default
+``$HF_HOME/perface``). A row is reused while its file's size and modification time are
+unchanged and the metric (weights fingerprint and signature) is the same; new or changed files
+are embedded, vanished ones dropped.
+
+**Progress is saved as it is made.** Files are embedded in chunks of at most ``save_every``
+files (500) sized to take at most ``save_seconds`` (30 s); each chunk is written at once as a
+small *part* file next to the cache (``<model>.part-<unique>.safetensors``), so an interrupted
+or crashed run loses at most one chunk: the next run reuses the parts' rows. At the end the
+cache and all parts are folded into the cache file under a file lock (read, merge, write,
+delete the parts), re-reading the cache inside the lock, so processes that embed into one
+cache at once keep each other's rows. Every write is atomic with the umask's permissions
+(:mod:`perface._io`). A cache folder that cannot be written warns once and is only read.
+
+**Shards.** ``update_pool(..., shard=(i, n))`` embeds only ``files[i::n]`` into its own file
+(one process or machine each, e.g. under ``torchrun``); :func:`merge_shards` folds them into
+the main cache, and :func:`open_pool` ranks the main cache or the set of shards, memory-mapped,
+without scanning the folder or merging anything.
 """
 
 from __future__ import annotations
 
 import bisect
 import hashlib
-import json
+import inspect
 import os
 import re
+import tempfile
+import time
+import uuid
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union, cast
 
 import torch
-from torch.utils.data import DataLoader, Dataset
 
-from ..imageio import IMAGE_SUFFIXES
+from .cache import Pool, read_cache, write_cache
+from .embedder import EmbedBatch, Embedder, PhotoEmbedder, model_key
+from .scan import HEIF_SUFFIXES, scan_pool, walk_pool, classify
 
 __all__ = [
     "Pool",
+    "PoolSet",
     "EmbedBatch",
+    "Embedder",
     "PhotoEmbedder",
-    "face_crop",
     "model_key",
-    "list_images",
+    "SAVE_EVERY",
+    "SAVE_SECONDS",
+    "HEIF_SUFFIXES",
+    "scan_pool",
     "default_cache_dir",
     "cache_path",
     "shard_path",
-    "read_cache",
-    "write_cache",
+    "parse_shard",
+    "file_digest",
     "update_pool",
     "merge_shards",
-    "parse_shard",
+    "open_pool",
+    "read_cache",
+    "write_cache",
 ]
 
-FORMAT = "perface-pool-1"
+SAVE_EVERY = 500  # files per saved chunk at most
+SAVE_SECONDS = 30.0  # seconds per saved chunk at most (the chunk size adapts to the measured rate)
+_FIRST_CHUNK = 16  # before any rate is known
+
+_clock = time.monotonic
+_unwritable_warned: set = set()
+
+PathLike = Union[str, os.PathLike]
 
 
-@dataclass
-class EmbedBatch:
-    """What an embedder returns for M files: (M, D) float32 embeddings (NaN rows where it
-    failed), (M, 4) float32 face boxes (NaN when unknown) and ``errors``: row -> reason."""
-
-    embeddings: torch.Tensor
-    boxes: torch.Tensor
-    errors: Dict[int, str] = field(default_factory=dict)
+# --------------------------------------------------------------------------- a set of pools
 
 
-Embedder = Callable[[List[str]], EmbedBatch]
+class PoolSet:
+    """Several pools (e.g. the shards of one pool) ranked as one, nothing copied: rows are
+    numbered part after part.
 
-
-@dataclass
-class Pool:
-    """Embeddings of a folder of photos, one row per file (sorted by relative path).
-
-    Attributes:
-        root: the pool folder; ``files`` are relative to it (POSIX separators).
-        embeddings: (N, D) float32 L2-normalized rows; NaN rows for failed photos.
-        boxes: (N, 4) float32 face box (x1, y1, x2, y2) in photo pixels; NaN when unknown.
-        sizes, mtimes_ns: (N,) int64 file size and modification time the row was made from.
-        errors: relative file name -> why no embedding (no face found, unreadable file).
-        model: ``{"model", "template", "fingerprint"}`` of the model that made the rows.
-        embedded: how many files the last update embedded (the rest came from the cache).
+    Raises ``ValueError`` when the parts were made by different metrics (signature or
+    embedding size differ): their similarities would not be comparable.
     """
 
-    root: Path
-    files: List[str]
-    embeddings: torch.Tensor
-    boxes: torch.Tensor
-    sizes: torch.Tensor
-    mtimes_ns: torch.Tensor
-    errors: Dict[str, str]
-    model: Dict[str, str]
-    embedded: int = 0
+    def __init__(self, parts: Sequence[Pool]) -> None:
+        self.parts = list(parts)
+        if not self.parts:
+            raise ValueError("a pool set needs at least one pool")
+        signatures = {p.model.get("signature", "") for p in self.parts}
+        dims = {p.embeddings.shape[1] for p in self.parts if len(p)}
+        if len(signatures) > 1 or len(dims) > 1:
+            raise ValueError(f"the pools were made by different metrics ({sorted(signatures)}, embedding sizes "
+                             f"{sorted(dims)}); embed them with one model (perface embed-pool --rebuild)")
+        self.offsets = [0]
+        for p in self.parts:
+            self.offsets.append(self.offsets[-1] + len(p))
 
     def __len__(self) -> int:
-        return len(self.files)
+        return self.offsets[-1]
 
     @property
-    def ok(self) -> torch.Tensor:
-        """(N,) bool: rows with an embedding."""
-        return ~torch.isnan(self.embeddings[:, 0]) if len(self) else torch.zeros(0, dtype=torch.bool)
+    def root(self) -> Path:
+        return self.parts[0].root
+
+    @property
+    def model(self) -> Dict[str, str]:
+        """The metric that made the rows (see :attr:`Pool.model`)."""
+        return self.parts[0].model
+
+    @property
+    def embedded(self) -> int:
+        """Files embedded by the update that made these pools (the rest came from the cache)."""
+        return sum(p.embedded for p in self.parts)
+
+    @property
+    def embeddings(self) -> List[torch.Tensor]:
+        """Each part's (N_i, D) embeddings (memory-mapped where read from a cache)."""
+        return [p.embeddings for p in self.parts]
+
+    @property
+    def failures(self) -> Dict[str, str]:
+        """Every file without an embedding -> why, over all parts, sorted by name."""
+        merged: Dict[str, str] = {}
+        for p in self.parts:
+            merged.update(p.failures)
+        return {name: merged[name] for name in sorted(merged)}
+
+    def locate(self, i: int) -> Tuple[Pool, int]:
+        """(part, row in it) of row ``i`` of the set."""
+        if not 0 <= i < len(self):
+            raise IndexError(f"row {i} out of range for {len(self)} rows")
+        k = bisect.bisect_right(self.offsets, i) - 1
+        return self.parts[k], i - self.offsets[k]
+
+    def file(self, i: int) -> str:
+        part, row = self.locate(i)
+        return part.files[row]
 
     def path(self, i: int) -> Path:
-        """Full path of row ``i``."""
-        return self.root / self.files[i]
+        part, row = self.locate(i)
+        return part.path(row)
+
+    def box(self, i: int) -> torch.Tensor:
+        part, row = self.locate(i)
+        return part.boxes[row].to(torch.float32)
+
+    def rows_with_digest(self, digest: int) -> List[int]:
+        """Rows whose file content hash (:func:`file_digest`) is ``digest``."""
+        found: List[int] = []
+        for offset, p in zip(self.offsets, self.parts):
+            found.extend(offset + r for r in (p.digests == digest).nonzero().flatten().tolist())
+        return found
+
+    def find(self, name: str) -> Optional[int]:
+        """Row of the relative file name ``name``, or None."""
+        for offset, p in zip(self.offsets, self.parts):
+            r = bisect.bisect_left(p.files, name)
+            if r < len(p) and p.files[r] == name:
+                return offset + r
+        return None
 
 
-def face_crop(src, template: str, size: int, device="cpu") -> Tuple[torch.Tensor, torch.Tensor]:
-    """The most prominent face of ``src`` aligned to ``template``: (3, size, size) in [0, 1],
-    and its box (4,) xyxy in photo pixels. Raises NoFaceError / ImageReadError."""
-    from ..alignment import choose_faces, similarity_transform, warp_affine
-    from ..detection import get_detector
-    from ..imageio import describe, load_image
-    from ..templates import template_points
-
-    img = load_image(src)
-    face = choose_faces(get_detector(device).detect_padded(img), None, describe(src))[0]
-    matrix = similarity_transform(face.landmarks, template_points(template, size))
-    return warp_affine(img.unsqueeze(0), matrix, size)[0], torch.as_tensor(face.box, dtype=torch.float32)
+# --------------------------------------------------------------------------- cache locations
 
 
-class _Faces(Dataset):
-    """Pool photos -> (index, aligned crop, box, None) or (index, None, None, reason)."""
+def default_cache_dir(root: PathLike) -> Path:
+    """Per-pool cache folder: ``<perface cache>/pools/<folder name>-<hash of its absolute
+    path>``, the perface cache being :func:`perface.hub.perface_cache_dir`."""
+    from ..hub import perface_cache_dir
 
-    def __init__(self, sources: Sequence, template: str, size: int) -> None:
-        self.sources, self.template, self.size = sources, template, size
-
-    def __len__(self) -> int:
-        return len(self.sources)
-
-    def __getitem__(self, i: int):
-        from ..errors import PerFaceError
-
-        try:
-            with torch.no_grad():
-                crop, box = face_crop(self.sources[i], self.template, self.size)
-            return i, crop, box, None
-        except (PerFaceError, ValueError, TypeError, OSError) as exc:
-            return i, None, None, f"{type(exc).__name__}: {exc}"
-
-
-class PhotoEmbedder:
-    """Embeds photos with a :class:`perface.PerFace`: each is loaded, its most prominent face
-    detected and aligned to the model's template in DataLoader workers, then embedded in
-    batches, with a tqdm progress bar. Failures become NaN rows with a reason.
-
-    Args:
-        model: a ``PerFace`` or a model name/path for one.
-        batch_size: faces per forward pass.
-        num_workers: DataLoader worker processes for loading/detection/alignment (0: in-process).
-        progress: show a progress bar.
-        device: where the backbone runs (None: where the model is; "auto": ``cuda:$LOCAL_RANK``
-            when CUDA is available, as under torchrun, else CPU). Detection runs on the CPU.
-    """
-
-    def __init__(self, model="sface", *, batch_size: int = 32, num_workers: int = 0, progress: bool = True,
-                 device: Union[str, torch.device, None] = None) -> None:
-        from ..model import PerFace
-
-        self.metric = model if isinstance(model, PerFace) else PerFace(model)
-        if device == "auto":
-            device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu"
-        if device is not None:
-            self.metric.to(device)
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.progress = progress
-        self.key = model_key(self.metric)
-
-    def __call__(self, sources: Sequence, progress: Optional[bool] = None) -> EmbedBatch:
-        """Embed ``sources`` (paths or anything :func:`perface.load_image` reads); ``progress``
-        overrides the bar setting for this call."""
-        from tqdm.auto import tqdm
-
-        metric = self.metric
-        device = next(metric.parameters()).device
-        n = len(sources)
-        emb = torch.full((n, metric.embedding_size), float("nan"))
-        boxes = torch.full((n, 4), float("nan"))
-        errors: Dict[int, str] = {}
-        # one batch or less: worker start-up would cost more than it could overlap
-        workers = self.num_workers if n > self.batch_size else 0
-        loader = DataLoader(_Faces(list(sources), metric.template, metric.input_size), batch_size=self.batch_size,
-                            num_workers=workers, collate_fn=list)
-        with torch.no_grad(), tqdm(total=n, unit="img", desc=f"embed pool ({metric.name})",
-                                   disable=not (self.progress if progress is None else progress)) as bar:
-            for batch in loader:
-                good = [(i, crop, box) for i, crop, box, _ in batch if crop is not None]
-                errors.update((i, reason) for i, crop, _, reason in batch if crop is None)
-                if good:
-                    rows = torch.tensor([i for i, _, _ in good])
-                    emb[rows] = metric.embed(torch.stack([c for _, c, _ in good]).to(device), aligned=True).float().cpu()
-                    boxes[rows] = torch.stack([b for _, _, b in good])
-                bar.update(len(batch))
-        return EmbedBatch(emb, boxes, errors)
-
-
-def model_key(metric) -> Dict[str, str]:
-    """``{"model", "template", "fingerprint"}`` of a PerFace: the fingerprint is a sha256 over
-    the network's parameters and input settings, so a changed checkpoint never reuses rows."""
-    digest = hashlib.sha256()
-    digest.update(f"{metric.template}|{metric.input_size}|{metric.spec.input_mean}|{metric.spec.input_std}".encode())
-    for name, tensor in sorted(metric.net.state_dict().items()):
-        t = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
-        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return {"model": metric.name, "template": metric.template, "fingerprint": digest.hexdigest()}
-
-
-def list_images(root: Union[str, Path]) -> List[str]:
-    """Image files under ``root`` (recursive; hidden files and folders skipped) as sorted
-    relative POSIX paths."""
-    root = Path(root)
-    if not root.is_dir():
-        raise NotADirectoryError(f"pool folder {root} does not exist or is not a folder; pass a folder of photos")
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        rel_dir = Path(dirpath).relative_to(root)
-        for name in filenames:
-            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES:
-                found.append((rel_dir / name).as_posix())
-    return sorted(found)
-
-
-def default_cache_dir(root: Union[str, Path]) -> Path:
-    """Per-pool cache folder: ``$PERFACE_CACHE`` or ``$XDG_CACHE_HOME/perface`` or
-    ``~/.cache/perface``, then ``pools/<folder name>-<hash of its absolute path>``."""
     root = Path(root).resolve()
-    base = os.environ.get("PERFACE_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "perface"
     tag = hashlib.sha256(str(root).encode()).hexdigest()[:12]
-    return Path(base) / "pools" / f"{_slug(root.name or 'root')}-{tag}"
+    return perface_cache_dir() / "pools" / f"{_slug(root.name or 'root')}-{tag}"
 
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "x"
 
 
-def cache_path(cache_dir: Union[str, Path], model: str) -> Path:
+def cache_path(cache_dir: PathLike, model: str) -> Path:
     """The main cache file of ``model`` in ``cache_dir``."""
     return Path(cache_dir) / f"{_slug(model)}.safetensors"
 
 
-def shard_path(cache_dir: Union[str, Path], model: str, shard: Tuple[int, int]) -> Path:
+def shard_path(cache_dir: PathLike, model: str, shard: Tuple[int, int]) -> Path:
     """The cache file of shard ``(i, n)``."""
     i, n = shard
     return Path(cache_dir) / f"{_slug(model)}.shard-{i:05d}-of-{n:05d}.safetensors"
+
+
+def _stem(path: Path) -> str:
+    return path.name[: -len(".safetensors")]
+
+
+def _part_files(path: Path) -> List[Path]:
+    """Saved progress of the cache file ``path`` (complete parts only: temporary files of a
+    write in progress start with a dot)."""
+    return sorted(path.parent.glob(f"{_stem(path)}.part-*.safetensors"))
+
+
+def _new_part_path(path: Path) -> Path:
+    return path.with_name(f"{_stem(path)}.part-{time.time_ns():x}-{os.getpid()}-{uuid.uuid4().hex[:8]}.safetensors")
+
+
+def _shard_files(cache_dir: Path, model: str) -> Dict[Tuple[int, int], Path]:
+    pattern = re.compile(rf"{re.escape(_slug(model))}\.shard-(\d+)-of-(\d+)\.safetensors")
+    found = {}
+    for p in cache_dir.glob(f"{_slug(model)}.shard-*.safetensors"):
+        m = pattern.fullmatch(p.name)
+        if m:
+            found[(int(m.group(1)), int(m.group(2)))] = p
+    return dict(sorted(found.items()))
 
 
 def parse_shard(text: str) -> Tuple[int, int]:
@@ -256,55 +236,36 @@ def parse_shard(text: str) -> Tuple[int, int]:
     return i, n
 
 
-def _files_path(path: Path) -> Path:
-    return path.with_name(path.name[: -len(".safetensors")] + ".files.json")
-
-
-def write_cache(path: Union[str, Path], pool: Pool) -> None:
-    """Write ``pool`` to ``path`` (+ its ``.files.json``), each file replaced atomically."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    listing = json.dumps({"root": str(pool.root), "files": pool.files, "errors": pool.errors}, ensure_ascii=False)
-    meta = dict(pool.model, format=FORMAT, count=str(len(pool)),
-                files_sha256=hashlib.sha256(listing.encode()).hexdigest())
-    tensors = {"embeddings": pool.embeddings.contiguous(), "boxes": pool.boxes.contiguous(),
-               "sizes": pool.sizes.contiguous(), "mtimes_ns": pool.mtimes_ns.contiguous()}
-    files_path = _files_path(path)
-    tmp_files, tmp = files_path.with_suffix(".json.tmp"), path.with_suffix(".safetensors.tmp")
-    tmp_files.write_text(listing, encoding="utf-8")
-    save_file(tensors, str(tmp), metadata=meta)
-    os.replace(tmp_files, files_path)
-    os.replace(tmp, path)
-
-
-def read_cache(path: Union[str, Path], root: Union[str, Path]) -> Optional[Pool]:
-    """The pool stored at ``path``, or None when missing; a corrupt or inconsistent cache
-    warns and returns None (it is rebuilt)."""
-    from safetensors import safe_open
-
-    path = Path(path)
-    files_path = _files_path(path)
-    if not path.is_file() or not files_path.is_file():
-        return None
+def _writable(folder: Path) -> bool:
+    """Whether files can be created in ``folder`` (created if missing); warns once per folder."""
     try:
-        listing_text = files_path.read_text(encoding="utf-8")
-        with safe_open(str(path), framework="pt") as fh:
-            meta = fh.metadata() or {}
-            if meta.get("format") != FORMAT:
-                raise ValueError(f"format {meta.get('format')!r}, expected {FORMAT!r}")
-            if meta.get("files_sha256") != hashlib.sha256(listing_text.encode()).hexdigest():
-                raise ValueError("file list does not match the embeddings (interrupted write?)")
-            tensors = {name: fh.get_tensor(name) for name in ("embeddings", "boxes", "sizes", "mtimes_ns")}
-        listing = json.loads(listing_text)
-        if len(listing["files"]) != tensors["embeddings"].shape[0]:
-            raise ValueError("row count differs from the file list")
-    except Exception as exc:  # any damage: rebuild rather than trust it
-        warnings.warn(f"pool cache {path} is unusable ({exc}); it will be rebuilt", stacklevel=2)
-        return None
-    return Pool(root=Path(root), files=listing["files"], errors=dict(listing["errors"]),
-                model={k: meta.get(k, "") for k in ("model", "template", "fingerprint")}, **tensors)
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".perface-write-test.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+        return True
+    except OSError as exc:
+        if str(folder) not in _unwritable_warned:
+            _unwritable_warned.add(str(folder))
+            warnings.warn(f"pool cache folder {folder} is not writable ({exc.strerror or exc}); embeddings "
+                          "found there are used, new ones are not saved. Choose a writable folder with --cache DIR "
+                          "(cache=DIR) or the PERFACE_CACHE environment variable, or run without a cache with "
+                          "--no-cache (cache=False)", stacklevel=3)
+        return False
+
+
+# --------------------------------------------------------------------------- update
+
+
+def file_digest(path: PathLike) -> int:
+    """The first 8 bytes of the sha256 of a file's bytes as a signed int64 (0 when it cannot be
+    read): the content hash stored per pool row, to find copies of a target."""
+    from ..hub import sha256_file
+
+    try:
+        return int.from_bytes(bytes.fromhex(sha256_file(Path(path))[:16]), "big", signed=True)
+    except OSError:
+        return 0
 
 
 def _stat(root: Path, files: Sequence[str]) -> Tuple[List[str], torch.Tensor, torch.Tensor]:
@@ -320,81 +281,35 @@ def _stat(root: Path, files: Sequence[str]) -> Tuple[List[str], torch.Tensor, to
     return kept, torch.tensor(sizes, dtype=torch.int64), torch.tensor(mtimes, dtype=torch.int64)
 
 
-def update_pool(
-    root: Union[str, Path],
-    embedder: Embedder,
-    *,
-    model: Optional[Dict[str, str]] = None,
-    cache_dir: Union[str, Path, None, bool] = None,
-    files: Optional[Sequence[str]] = None,
-    shard: Optional[Tuple[int, int]] = None,
-    extra: Sequence[Path] = (),
-    rebuild: bool = False,
-) -> Pool:
-    """Embeddings of every photo in ``root``, reusing the cache and embedding only what changed.
-
-    Args:
-        root: pool folder.
-        embedder: callable ``paths -> EmbedBatch`` (e.g. :class:`PhotoEmbedder`); called at most
-            once, with only the new or changed files.
-        model: ``{"model", "template", "fingerprint"}`` of the embedder (default: its ``.key``).
-        cache_dir: cache folder (None: :func:`default_cache_dir`; False: no cache at all).
-        files: relative names to use instead of listing ``root``.
-        shard: ``(i, n)``: only ``files[i::n]``, cached in that shard's own file.
-        extra: further cache files whose rows may be reused (shards being merged).
-        rebuild: ignore existing cache rows.
-    """
-    root = Path(root)
-    model = dict(embedder.key) if model is None else model
-    names = list_images(root) if files is None else sorted(files)
-    if shard is not None:
-        names = names[shard[0]::shard[1]]
-    names, sizes, mtimes = _stat(root, names)
-    path = None
-    if cache_dir is not False:
-        cache_dir = default_cache_dir(root) if cache_dir in (None, True) else Path(cache_dir)
-        path = cache_path(cache_dir, model["model"]) if shard is None else shard_path(cache_dir, model["model"], shard)
-
-    main = None if rebuild or path is None else _matching(read_cache(path, root), model, path)
-    extras = [c for c in (_matching(read_cache(p, root), model, p) for p in extra) if c is not None]
-    sources = ([main] if main is not None else []) + extras
-    pool, todo = _reuse(root, names, sizes, mtimes, sources, model)
-
-    if todo:
-        batch = embedder([str(root / names[r]) for r in todo])
-        rows = torch.tensor(todo, dtype=torch.long)
-        if pool.embeddings.shape[1] != batch.embeddings.shape[1]:  # nothing reused: size from the batch
-            pool.embeddings = torch.full((len(names), batch.embeddings.shape[1]), float("nan"))
-        pool.embeddings[rows] = batch.embeddings.to(torch.float32)
-        pool.boxes[rows] = batch.boxes.to(torch.float32)
-        for i, reason in batch.errors.items():
-            pool.errors[names[todo[i]]] = reason
-            pool.embeddings[todo[i]] = float("nan")
-    pool.embedded = len(todo)
-
-    unchanged = main is not None and not extras and not todo and len(names) == len(main)
-    if path is not None and not unchanged:
-        write_cache(path, pool)
-    return pool
-
-
-def _matching(cached: Optional[Pool], model: Dict[str, str], path: Path) -> Optional[Pool]:
-    """``cached`` if made by the same model (fingerprint), else None with a warning."""
-    if cached is not None and cached.model.get("fingerprint") != model["fingerprint"]:
-        warnings.warn(f"pool cache {path} was made by another model ({cached.model.get('model')!r}); "
-                      "its rows are re-embedded", stacklevel=3)
+def _matching(cached: Optional[Pool], model: Dict[str, str], path: Path, warn: bool = True) -> Optional[Pool]:
+    """``cached`` if made by the same metric (weights fingerprint and signature), else None."""
+    if cached is None:
         return None
+    for key in ("fingerprint", "signature"):
+        if cached.model.get(key, "") != model.get(key, ""):
+            if warn:
+                warnings.warn(f"pool cache {path} was made by another metric ({key} {cached.model.get(key)!r}, now "
+                              f"{model.get(key)!r}); its rows are embedded again", stacklevel=3)
+            return None
     return cached
 
 
-def _reuse(root: Path, names: List[str], sizes: torch.Tensor, mtimes: torch.Tensor,
-           sources: Sequence[Pool], model: Dict[str, str]) -> Tuple[Pool, List[int]]:
+def _unchanged(main: Pool, names: List[str], sizes: torch.Tensor, mtimes: torch.Tensor) -> bool:
+    return (len(main) == len(names) and torch.equal(main.sizes, sizes) and torch.equal(main.mtimes_ns, mtimes)
+            and main.files == names)
+
+
+def _reuse(root: Path, names: List[str], sizes: torch.Tensor, mtimes: torch.Tensor, sources: Sequence[Pool],
+           model: Dict[str, str], dtype: Optional[torch.dtype]) -> Tuple[Pool, List[int]]:
     """A pool of ``names`` filled from cached rows whose file size and mtime still match
     (later sources win), and the rows left to embed."""
     n = len(names)
-    dim = next((s.embeddings.shape[1] for s in sources), 0)
-    pool = Pool(root=root, files=names, embeddings=torch.full((n, dim), float("nan")),
-                boxes=torch.full((n, 4), float("nan")), sizes=sizes, mtimes_ns=mtimes, errors={}, model=dict(model))
+    dim = next((s.embeddings.shape[1] for s in sources if len(s)), 0)
+    dtype = dtype or next((s.embeddings.dtype for s in sources if len(s)), torch.float32)
+    errors: Dict[str, str] = {}
+    pool = Pool(root=root, files=names, embeddings=torch.full((n, dim), float("nan"), dtype=dtype),
+                boxes=torch.full((n, 4), float("nan")), sizes=sizes, mtimes_ns=mtimes,
+                digests=torch.zeros(n, dtype=torch.int64), errors=errors, model=dict(model))
     index: Dict[str, Tuple[int, int]] = {}
     for s, src in enumerate(sources):
         index.update((name, (s, row)) for row, name in enumerate(src.files))
@@ -407,40 +322,255 @@ def _reuse(root: Path, names: List[str], sizes: torch.Tensor, mtimes: torch.Tens
         old = hit_row[new]
         same = (src.sizes[old] == sizes[new]) & (src.mtimes_ns[old] == mtimes[new])
         new, old = new[same], old[same]
-        pool.embeddings[new] = src.embeddings[old].to(torch.float32)
+        pool.embeddings[new] = src.embeddings[old].to(dtype)
         pool.boxes[new] = src.boxes[old].to(torch.float32)
+        pool.digests[new] = src.digests[old]
         fresh[new] = True
     for s, src in enumerate(sources):  # failures stay failures while their file is unchanged
         for name, reason in src.errors.items():
             r = bisect.bisect_left(names, name)
             if r < n and names[r] == name and fresh[r] and int(hit_src[r]) == s:
-                pool.errors[name] = reason
+                errors[name] = reason
     return pool, (~fresh).nonzero().flatten().tolist()
 
 
-def merge_shards(
-    root: Union[str, Path],
+def _chunks(todo: List[int], save_every: int, save_seconds: float) -> Iterator[List[int]]:
+    """Consecutive pieces of ``todo``: at most ``save_every`` rows, sized from the rate measured
+    so far (time between yields) to take at most ``save_seconds`` each."""
+    start, size = 0, max(1, min(save_every, _FIRST_CHUNK))
+    while start < len(todo):
+        began = _clock()
+        yield todo[start:start + size]
+        start += size
+        rate = size / max(_clock() - began, 1e-6)
+        size = max(1, min(save_every, int(rate * save_seconds * 0.8)))
+
+
+def _accepts_progress(embedder: Embedder) -> bool:
+    try:
+        params = inspect.signature(embedder).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == "progress" or p.kind is p.VAR_KEYWORD for p in params)
+
+
+def _fill(pool: Pool, rows: List[int], batch: EmbedBatch) -> None:
+    """Put an embedder's answer for ``rows`` into ``pool`` (and each file's content hash)."""
+    if batch.embeddings.dim() != 2 or batch.embeddings.shape[0] != len(rows) or batch.boxes.shape != (len(rows), 4):
+        raise ValueError(f"the embedder returned embeddings {tuple(batch.embeddings.shape)} and boxes "
+                         f"{tuple(batch.boxes.shape)} for {len(rows)} files; expected (M, D) and (M, 4)")
+    index = torch.tensor(rows, dtype=torch.long)
+    if pool.embeddings.shape[1] != batch.embeddings.shape[1]:
+        if pool.ok.any():
+            raise ValueError(f"the embedder gives {batch.embeddings.shape[1]}-d embeddings, the cache holds "
+                             f"{pool.embeddings.shape[1]}-d ones")
+        pool.embeddings = torch.full((len(pool), batch.embeddings.shape[1]), float("nan"), dtype=pool.embeddings.dtype)
+    emb = batch.embeddings.to(pool.embeddings.dtype)
+    for i in batch.errors:
+        emb[i] = float("nan")
+    pool.embeddings[index] = emb
+    pool.boxes[index] = batch.boxes.to(torch.float32)
+    errors = pool.errors if isinstance(pool.errors, dict) else dict(pool.errors)
+    for i, r in enumerate(rows):
+        name = pool.files[r]
+        pool.digests[r] = file_digest(pool.root / name)
+        if i in batch.errors:
+            errors[name] = batch.errors[i]
+    pool.errors = errors
+
+
+def _embed(pool: Pool, todo: List[int], embedder: Embedder, save_to: Optional[Path], save_every: int,
+           save_seconds: float, progress: bool) -> None:
+    """Embed the rows ``todo`` chunk by chunk, writing each chunk as a part of ``save_to``."""
+    from tqdm.auto import tqdm
+
+    takes_progress = _accepts_progress(embedder)
+    with tqdm(total=len(todo), unit="img", desc=f"embed pool ({pool.model.get('model')})",
+              disable=not (progress and todo)) as bar:
+        for rows in _chunks(todo, save_every, save_seconds):
+            paths = [str(pool.root / pool.files[r]) for r in rows]
+            batch = cast(Any, embedder)(paths, progress=bar.update) if takes_progress else embedder(paths)
+            if not takes_progress:
+                bar.update(len(rows))
+            _fill(pool, rows, batch)
+            if save_to is not None:
+                write_cache(_new_part_path(save_to), pool.subset(rows))
+            pool.embedded += len(rows)
+
+
+def _concat(pools: Sequence[Pool]) -> Pool:
+    """One in-memory pool of several with disjoint file names, sorted by name."""
+    names = [name for p in pools for name in p.files]
+    order = torch.tensor(sorted(range(len(names)), key=names.__getitem__), dtype=torch.long)
+    first = pools[0]
+
+    def cat(attr: str) -> torch.Tensor:
+        return torch.cat([getattr(p, attr).to(getattr(first, attr).dtype) for p in pools])[order]
+
+    errors: Dict[str, str] = {}
+    for p in pools:
+        errors.update(p.errors)
+    return Pool(root=first.root, files=[names[i] for i in order.tolist()], embeddings=cat("embeddings"),
+                boxes=cat("boxes"), sizes=cat("sizes"), mtimes_ns=cat("mtimes_ns"), digests=cat("digests"),
+                errors=errors, model=dict(first.model), skipped=dict(first.skipped), embedded=first.embedded)
+
+
+def _consolidate(path: Path, pool: Pool, model: Dict[str, str]) -> None:
+    """Under the cache's lock: fold the cache file, every saved part and ``pool`` into the cache
+    file and delete the parts. Rows of files ``pool`` does not list (another process's newer
+    listing, another subset) are kept while their file is unchanged."""
+    from .._io import file_lock
+
+    with file_lock(path):
+        others, merged = [], []
+        for p in [path, *_part_files(path)]:
+            cached = read_cache(p, pool.root)
+            usable = _matching(cached, model, p, warn=False)
+            if usable is not None:
+                others.append(usable)
+            if p != path and (cached is None or usable is not None):  # merged now, or damaged: done with
+                merged.append(p)
+        ours = set(pool.files) | set(pool.skipped)
+        foreign = sorted({name for src in others for name in src.files} - ours)
+        names, sizes, mtimes = _stat(pool.root, foreign)
+        kept, missing = _reuse(pool.root, names, sizes, mtimes, others, model, pool.embeddings.dtype)
+        if missing:
+            kept = kept.subset(sorted(set(range(len(kept))) - set(missing)))
+        write_cache(path, _concat([pool, kept]) if len(kept) else pool)
+        for p in merged:  # parts of another metric (another perface version at work) are left alone
+            p.unlink(missing_ok=True)
+
+
+def update_pool(
+    root: PathLike,
     embedder: Embedder,
     *,
     model: Optional[Dict[str, str]] = None,
-    cache_dir: Union[str, Path, None] = None,
-    keep_shards: bool = False,
+    cache_dir: Union[PathLike, None, bool] = None,
+    files: Optional[Sequence[str]] = None,
+    shard: Optional[Tuple[int, int]] = None,
+    extra: Sequence[Path] = (),
+    rebuild: bool = False,
+    dtype: Optional[torch.dtype] = None,
+    save_every: int = SAVE_EVERY,
+    save_seconds: float = SAVE_SECONDS,
+    progress: bool = False,
 ) -> Pool:
-    """Fold every shard cache of ``model`` in ``cache_dir`` into the main cache and return the
-    pool; files no shard covered (or that changed since) are embedded now. Shard files are
-    deleted afterwards unless ``keep_shards``."""
+    """Embeddings of every image file in ``root``, reusing the cache and embedding only what
+    changed; progress is saved every chunk (see the module docstring).
+
+    Args:
+        root: pool folder.
+        embedder: callable ``paths -> EmbedBatch`` (e.g. :class:`PhotoEmbedder`), called with
+            the new or changed files only, a chunk at a time.
+        model: ``{"model", "template", "fingerprint", "signature"}`` of the embedder (default:
+            its ``.key``).
+        cache_dir: cache folder (None: :func:`default_cache_dir`; False: no cache at all).
+        files: relative names to use instead of scanning ``root``.
+        shard: ``(i, n)``: only ``files[i::n]``, cached in that shard's own file.
+        extra: further cache files whose rows may be reused (shards being merged).
+        rebuild: ignore existing cache rows and saved progress.
+        dtype: dtype of the stored embeddings, ``torch.float32`` or ``torch.float16`` (half the
+            disk and memory; scores keep about 3 digits); default: the cache's, else float32.
+        save_every, save_seconds: a chunk is at most this many files and takes at most about
+            this long; each chunk is saved before the next starts.
+        progress: one tqdm progress bar over the files to embed.
+
+    Returns:
+        The :class:`Pool` (rows sorted by file name; ``skipped`` lists files not embedded and
+        ``embedded`` counts the files embedded now). When nothing changed it is the cache
+        file itself, memory-mapped.
+
+    Raises:
+        NotADirectoryError: ``root`` is not a folder.
+        KeyboardInterrupt: passed on; the chunks finished so far are saved.
+    """
+    root = Path(root)
+    model = dict(embedder.key) if model is None else dict(model)
+    path = None
+    if cache_dir is not False:
+        folder = default_cache_dir(root) if cache_dir is None or isinstance(cache_dir, bool) else Path(cache_dir)
+        path = cache_path(folder, model["model"]) if shard is None else shard_path(folder, model["model"], shard)
+    if files is None:
+        entries = walk_pool(root, [path.parent] if path is not None else [])
+    else:
+        entries = [(name, None) for name in sorted(set(files))]
+    names, skipped = classify(entries)
+    if shard is not None:  # images split evenly; the first shard reports the files not embedded
+        names, skipped = names[shard[0]::shard[1]], (skipped if shard[0] == 0 else {})
+    names, sizes, mtimes = _stat(root, names)
+    writable = path is not None and _writable(path.parent)
+
+    parts = [] if path is None or rebuild else _part_files(path)
+    main = None if rebuild or path is None else _matching(read_cache(path, root), model, path)
+    sources = [c for c in [main, *(_matching(read_cache(p, root), model, p) for p in extra),
+                           *(_matching(read_cache(p, root), model, p, warn=False) for p in parts)] if c is not None]
+    if main is not None and sources == [main] and (dtype is None or dtype == main.embeddings.dtype) \
+            and _unchanged(main, names, sizes, mtimes):
+        main.skipped = skipped
+        return main
+
+    pool, todo = _reuse(root, names, sizes, mtimes, sources, model, dtype)
+    pool.skipped = skipped
+    _embed(pool, todo, embedder, path if writable else None, save_every, save_seconds, progress)
+    if writable and path is not None:
+        _consolidate(path, pool, model)
+    return pool
+
+
+def merge_shards(
+    root: PathLike,
+    embedder: Embedder,
+    *,
+    model: Optional[Dict[str, str]] = None,
+    cache_dir: Union[PathLike, None] = None,
+    keep_shards: bool = False,
+    **kwargs,
+) -> Pool:
+    """Fold every shard cache of ``model`` in ``cache_dir`` (and their saved progress) into the
+    main cache and return the pool; files no shard covered (or that changed since) are embedded
+    now. Shard files are deleted afterwards unless ``keep_shards``. ``kwargs`` go to
+    :func:`update_pool` (``save_every``, ``progress``, ...)."""
     model = dict(embedder.key) if model is None else model
     cache_dir = default_cache_dir(root) if cache_dir is None else Path(cache_dir)
-    shards = sorted(cache_dir.glob(f"{_slug(model['model'])}.shard-*-of-*.safetensors"))
+    shards = _shard_files(cache_dir, model["model"])
     if not shards:
         warnings.warn(f"no shard files for model {model['model']!r} in {cache_dir}; nothing to merge", stacklevel=2)
-    counts = {int(m.group(1)) for m in (re.search(r"-of-(\d+)\.safetensors$", p.name) for p in shards) if m}
+    counts = {n for _, n in shards}
     if len(counts) > 1:
         raise ValueError(f"shards in {cache_dir} come from different splits (n = {sorted(counts)}); "
                          "delete the stale ones and merge again")
-    pool = update_pool(root, embedder, model=model, cache_dir=cache_dir, extra=shards)
+    files = [f for p in shards.values() for f in [p, *_part_files(p)]]
+    pool = update_pool(root, embedder, model=model, cache_dir=cache_dir, extra=files, **kwargs)
     if not keep_shards:
-        for p in shards:
+        for p in files:
             p.unlink(missing_ok=True)
-            _files_path(p).unlink(missing_ok=True)
+        for p in shards.values():  # their locks, left by filelock (only the shard processes used them)
+            Path(f"{p}.lock").unlink(missing_ok=True)
     return pool
+
+
+def open_pool(root: PathLike, model: str, cache_dir: Union[PathLike, None] = None) -> PoolSet:
+    """The cached pool of ``model`` for the folder ``root``, memory-mapped, without scanning the
+    folder or embedding anything: the main cache file if there is one, else the complete set of
+    shard files (ranked together, not merged).
+
+    Raises ``FileNotFoundError`` naming the folder and the command that fills it when there is
+    no cache, and ``ValueError`` when a shard set is incomplete.
+    """
+    cache_dir = default_cache_dir(root) if cache_dir is None else Path(cache_dir)
+    candidates = [cache_path(cache_dir, model)]
+    if not candidates[0].is_file():
+        shards = _shard_files(cache_dir, model)
+        counts = {n for _, n in shards}
+        if shards and (len(counts) > 1 or len(shards) != next(iter(counts))):
+            have = ", ".join(f"{i}/{n}" for i, n in shards)
+            raise ValueError(f"shard caches in {cache_dir} are incomplete or mixed ({have}); run the missing "
+                             "shards (perface embed-pool --shard I/N) or merge them (perface embed-pool --merge)")
+        candidates = list(shards.values())
+    pools = [read_cache(p, root) for p in candidates]
+    if not pools or any(p is None for p in pools):
+        raise FileNotFoundError(f"no usable pool cache of model {model!r} in {cache_dir}; fill it first with "
+                                f"perface embed-pool {root} --cache {cache_dir} (or rank without --no-update)")
+    return PoolSet([p for p in pools if p is not None])
+

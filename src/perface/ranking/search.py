@@ -10,17 +10,27 @@ memory is O(N) float32 for the scores plus O(chunk) for temporaries — never a 
 Ordering is total and deterministic: by similarity (descending for the most similar, ascending
 for the least similar), ties broken by ascending row index — the same order as a stable sort of
 the dense score vector, whatever the chunk size.
+
+Similarities are clamped to [-1, 1] as they are computed, before any comparison: a float32 dot
+product of two unit vectors can round to 1.0000001 (a face against itself, or a copy), which
+would otherwise fall outside a band ending at 1 and, worse, depend on the CPU's summation order.
+
+The pool may be one (N, D) tensor or a sequence of them (e.g. the memory-mapped shards of one
+pool): rows are numbered part after part and the result is the same as for their concatenation,
+which is never built.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 
 __all__ = ["DEFAULT_CHUNK_ROWS", "Selection", "cosine_scores", "search"]
+
+Embeddings = Union[torch.Tensor, Sequence[torch.Tensor]]
 
 # Rows per chunk: the per-chunk temporaries are a few bytes per row (about 5 MiB at this size,
 # 0.25% of a 1M x 512 float32 matrix) and each chunk costs a fixed number of parallel regions,
@@ -36,8 +46,9 @@ class Selection:
     Attributes:
         indices: (K,) int64 pool rows in rank order.
         scores: (K,) float32 cosine similarity of those rows to the target, in [-1, 1].
-        all_scores: (N,) float32 similarity of every pool row (NaN for rows without an
-            embedding, e.g. photos where no face was found); useful for a histogram.
+        all_scores: (N,) float32 similarity of every pool row, clamped to [-1, 1] (NaN for
+            rows without an embedding, e.g. photos where no face was found); useful for a
+            histogram.
     """
 
     indices: torch.Tensor
@@ -60,43 +71,62 @@ def _target_vector(target: torch.Tensor, dim: int) -> torch.Tensor:
     return F.normalize(target, dim=0)
 
 
-def _check_pool(embeddings: torch.Tensor) -> Tuple[int, int]:
-    if embeddings.dim() != 2:
-        raise ValueError(f"pool embeddings must be a 2-D tensor (N, D); got shape {tuple(embeddings.shape)}")
-    if not embeddings.is_floating_point():
-        raise ValueError(f"pool embeddings must be floating point; got {embeddings.dtype}")
-    return embeddings.shape[0], embeddings.shape[1]
+def _check_pool(embeddings: Embeddings) -> Tuple[List[torch.Tensor], int, int]:
+    """The pool as a list of parts, its total row count and its embedding size."""
+    parts = [embeddings] if isinstance(embeddings, torch.Tensor) else list(embeddings)
+    if not parts:
+        raise ValueError("the pool is an empty list of embedding tensors")
+    for part in parts:
+        if part.dim() != 2:
+            raise ValueError(f"pool embeddings must be 2-D tensors (N, D); got shape {tuple(part.shape)}")
+        if not part.is_floating_point():
+            raise ValueError(f"pool embeddings must be floating point; got {part.dtype}")
+    dims = {part.shape[1] for part in parts}
+    if len(dims) > 1:
+        raise ValueError(f"pool parts have different embedding sizes {sorted(dims)}")
+    return parts, sum(part.shape[0] for part in parts), parts[0].shape[1]
+
+
+def _row_chunks(parts: List[torch.Tensor], chunk_size: int) -> Iterator[Tuple[int, torch.Tensor]]:
+    """(global row offset, rows) of at most ``chunk_size`` rows, part after part."""
+    offset = 0
+    for part in parts:
+        for start in range(0, part.shape[0], chunk_size):
+            yield offset + start, part[start:start + chunk_size]
+        offset += part.shape[0]
 
 
 def _chunk_dot(rows: torch.Tensor, target: torch.Tensor, out: torch.Tensor) -> None:
-    """``out = rows @ target`` (float32) without copying ``rows``. Pools in another dtype are
-    multiplied in that dtype (torch accumulates float16/bfloat16 products in float32; the
-    result is rounded to the pool's dtype) through a chunk-sized temporary."""
+    """``out = clamp(rows @ target, -1, 1)`` (float32) without copying ``rows``. Pools in
+    another dtype are multiplied in that dtype (torch accumulates float16/bfloat16 products in
+    float32; the result is rounded to the pool's dtype) through a chunk-sized temporary. NaN
+    rows stay NaN."""
     if rows.dtype == torch.float32:
         torch.mv(rows, target, out=out)
     else:
         out.copy_(torch.mv(rows, target.to(rows.dtype)))
+    out.clamp_(-1.0, 1.0)
 
 
 def cosine_scores(
     target: torch.Tensor,
-    embeddings: torch.Tensor,
+    embeddings: Embeddings,
     *,
     chunk_size: int = DEFAULT_CHUNK_ROWS,
     out: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """Similarity of ``target`` (D,) to every row of ``embeddings`` (N, D): (N,) float32.
+    """Similarity of ``target`` (D,) to every row of ``embeddings`` (N, D), or of a sequence
+    of such parts: (N,) float32 in [-1, 1] (clamped).
 
     Rows must be L2-normalized (as :meth:`perface.PerFace.embed` and the pool cache give them);
     the target is normalized here. NaN rows give NaN. ``out`` may be a preallocated (N,) float32
-    tensor to write into.
+    tensor to write into. Raises ``ValueError`` for shapes that do not match.
     """
-    n, d = _check_pool(embeddings)
-    q = _target_vector(target, d).to(embeddings.device)
+    parts, n, d = _check_pool(embeddings)
+    q = _target_vector(target, d).to(parts[0].device)
     scores = _score_buffer(out, n, q.device)
-    for start in range(0, n, max(1, int(chunk_size))):
-        stop = min(n, start + int(chunk_size))
-        _chunk_dot(embeddings[start:stop], q, scores[start:stop])
+    for start, rows in _row_chunks(parts, max(1, int(chunk_size))):
+        _chunk_dot(rows, q, scores[start:start + rows.shape[0]])
     return scores
 
 
@@ -127,7 +157,7 @@ def _check_selection(band, top, bottom, exclude_above, mask, n) -> Tuple[Optiona
 
 def search(
     target: torch.Tensor,
-    embeddings: torch.Tensor,
+    embeddings: Embeddings,
     *,
     band: Optional[Tuple[float, float]] = None,
     top: Optional[int] = None,
@@ -147,31 +177,37 @@ def search(
     takes the k most/least similar inside the band. With none of band/top/bottom every
     candidate is returned, most similar first.
 
+    Similarities are clamped to [-1, 1] before they are compared with the band or threshold, so
+    rounding never moves a face across an edge at -1 or 1.
+
     Args:
         target: (D,) target embedding (normalized here).
         embeddings: (N, D) L2-normalized pool rows, any float dtype (float16/bfloat16 pools are
-            scored in their dtype: half the memory, scores rounded to it); NaN rows are never
-            chosen.
+            scored in their dtype: half the memory, scores rounded to it), or a sequence of such
+            parts (shards; memory-mapped tensors are read once and never copied); NaN rows are
+            never chosen.
         chunk_size: rows scored per step; memory beyond the (N,) float32 score vector is
             O(chunk_size); the pool matrix is never copied.
         scores_out: optional preallocated (N,) float32 vector for the similarities.
 
     Returns:
-        A :class:`Selection` (indices, scores, all_scores).
+        A :class:`Selection` (indices, scores, all_scores); indices count rows part after part.
+
+    Raises:
+        ValueError: conflicting or out-of-range settings, or shapes that do not match.
     """
-    n, d = _check_pool(embeddings)
+    parts, n, d = _check_pool(embeddings)
     k, largest = _check_selection(band, top, bottom, exclude_above, mask, n)
-    q = _target_vector(target, d).to(embeddings.device)
+    q = _target_vector(target, d).to(parts[0].device)
     scores = _score_buffer(scores_out, n, q.device)
-    chunk_size = max(1, int(chunk_size))
 
     kept_idx = torch.empty(0, dtype=torch.long, device=q.device)
     kept_key = torch.empty(0, dtype=torch.float32, device=q.device)
     parts_idx, parts_key = [], []  # k is None: every candidate, sorted once at the end
-    for start in range(0, n, chunk_size):
-        stop = min(n, start + chunk_size)
+    for start, rows in _row_chunks(parts, max(1, int(chunk_size))):
+        stop = start + rows.shape[0]
         chunk = scores[start:stop]
-        _chunk_dot(embeddings[start:stop], q, chunk)
+        _chunk_dot(rows, q, chunk)
         idx, key = _chunk_candidates(chunk, start, k, largest, band, exclude_above,
                                      None if mask is None else mask[start:stop].to(q.device))
         if k is None:

@@ -40,9 +40,9 @@ def _norm(path: PathLike) -> Path:
 
 
 def _scan(folder: Path) -> List[Path]:
-    from ..ranking.pool import list_images
+    from ..ranking.scan import scan_pool
 
-    return [_norm(folder / rel) for rel in list_images(folder)]
+    return [_norm(folder / rel) for rel in scan_pool(folder)[0]]
 
 
 def collect_images(inputs: Sequence[PathLike]) -> Tuple[List[Path], List[Path]]:

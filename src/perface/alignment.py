@@ -6,7 +6,8 @@ Conventions: affine matrices map *source* pixels to *aligned-crop* pixels (the m
 BORDER_CONSTANT=0)`` with ``affine_grid``/``grid_sample(align_corners=False)``; with
 ``antialias=True`` (the default) a source sampled more than 2x coarser than its pixels is first
 area-averaged by an integer factor, so the warp sees (and sends gradient to) every source pixel
-instead of ~4 per output pixel. See ``docs/alignment.md``.
+instead of ~4 per output pixel, and each downscaled output pixel averages 2 x 2 samples. See
+``docs/alignment.md``.
 
 Aligner modules (``PerFace(align=...)``):
 
@@ -45,6 +46,8 @@ __all__ = [
 
 COMPETE_RATIO = 0.5  # a second face this prominent relative to the first triggers a warning
 ANTIALIAS_MIN_SCALE = 2.0  # area-average first when more than this many source px per output px
+SUPERSAMPLE = 2  # ... then sample each output pixel at 2 x 2 points and average them ...
+SUPERSAMPLE_MIN_SCALE = 1.25  # ... when it spans at least this many (area-averaged) source pixels
 MIN_SOURCE_SCALE = 2.0  # decode a JPEG so that a crop pixel spans at least this many decoded pixels
 
 
@@ -104,7 +107,9 @@ def _warp_shared(x: torch.Tensor, m: torch.Tensor, size: Tuple[int, int], antial
     Only the crop's footprint (plus a margin) is read, converted to float and, when the crop is
     downscaled 2x or more, area-averaged by an integer factor on a grid whose cell edges lie on
     the crop's edges, so an exact 2x or 4x downscale averages whole source pixels and never reads
-    the padding. ``border``: ``"zeros"`` (black outside the image, like ``BORDER_CONSTANT=0``)
+    the padding. A downscaled crop is then sampled at 2 x 2 points per output pixel and averaged
+    (a box filter over the pixel's footprint, not one bilinear tap): conversions between crop
+    formats then keep cos >= 0.99 to the crop made directly from the photo. ``border``: ``"zeros"`` (black outside the image, like ``BORDER_CONSTANT=0``)
     or ``"replicate"`` (the nearest edge pixel: a pre-aligned crop continued).
     """
     out_h, out_w = size
@@ -134,12 +139,14 @@ def _warp_shared(x: torch.Tensor, m: torch.Tensor, size: Tuple[int, int], antial
     pool = torch.tensor([[factor, 0.0, x0 + half], [0.0, factor, y0 + half], [0.0, 0.0, 1.0]], dtype=inv.dtype)
     inv = torch.linalg.inv(pool) @ inv
     h, w = crop.shape[-2:]
+    ss = SUPERSAMPLE if antialias and scale / factor >= SUPERSAMPLE_MIN_SCALE else 1
     to_out_pixels = torch.linalg.inv(_pixel_to_norm(out_w, out_h, inv.dtype, inv.device))
     theta = _pixel_to_norm(w, h, inv.dtype, inv.device) @ inv @ to_out_pixels
     theta = theta[:2].to(crop.device, crop.dtype).expand(crop.shape[0], 2, 3)
-    grid = F.affine_grid(theta, [crop.shape[0], crop.shape[1], out_h, out_w], align_corners=False)
-    return F.grid_sample(crop, grid, mode="bilinear", padding_mode="zeros" if border == "zeros" else "border",
-                         align_corners=False)
+    grid = F.affine_grid(theta, [crop.shape[0], crop.shape[1], out_h * ss, out_w * ss], align_corners=False)
+    out = F.grid_sample(crop, grid, mode="bilinear", padding_mode="zeros" if border == "zeros" else "border",
+                        align_corners=False)
+    return F.avg_pool2d(out, ss) if ss > 1 else out
 
 
 def warp_affine(images: torch.Tensor, matrix: Union[np.ndarray, torch.Tensor], size: Union[int, Sequence[int]],

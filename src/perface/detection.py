@@ -12,8 +12,10 @@ only when a detector is first built.
 2. nothing found: the same copy padded by half its long side (a face filling the frame lacks
    context), then finer passes, each ``FINER`` (4) times finer, in ``TILE`` px tiles, down to
    full resolution: small faces in large photos, with bounded memory;
-3. no face with plausible landmarks (see :func:`implausible`): the coarse copy rotated by 90,
-   180 and 270 degrees (a photo stored sideways or upside down without an EXIF tag).
+3. orientation (a photo stored sideways or upside down without an EXIF tag): a face found
+   sideways is detected again on the coarse copy turned upright (RetinaFace's landmarks are
+   only accurate on upright faces); when no face has plausible landmarks (see
+   :func:`implausible`), the coarse copy turned by 90, 180 and 270 degrees is searched.
 
 Coordinates follow the pixel-centre convention of OpenCV: pixel ``(i, j)`` (row, column) has
 its centre at ``x = j, y = i``. Landmarks are, in order: left eye, right eye, nose tip, left
@@ -276,6 +278,23 @@ def _to_full(faces: Sequence[Face], scale: float) -> List[Face]:
     return list(faces) if scale == 1.0 else [f.mapped(lambda p: (p + 0.5) / scale - 0.5) for f in faces]
 
 
+def _quarter_turns(face: Face) -> int:
+    """How many ``torch.rot90`` quarter turns make ``face`` upright (0 when it is within 45 degrees)."""
+    from .alignment import similarity_transform
+    from .templates import template_points
+
+    m = similarity_transform(face.landmarks, template_points("arcface", 112))
+    return int(round(-np.degrees(np.arctan2(m[1, 0], m[0, 0])) / 90.0)) % 4
+
+
+def _turned(detector: "Detector", small: torch.Tensor, k: int, scale: float) -> List[Face]:
+    """Plausible faces of ``small`` (pixels at ``scale``) detected on it turned by ``k`` quarter
+    turns (the network is trained on upright faces), in full-resolution coordinates."""
+    back = _unrotate(k, small.shape[-2], small.shape[-1])
+    turned = detector.detect(torch.rot90(small, k, dims=(1, 2)).unsqueeze(0), 1.0)[0]
+    return _split(_to_full([f.mapped(back) for f in turned], scale))[0]
+
+
 def find_faces(image: Any, detector: Optional["Detector"] = None, *, pad_retry: bool = True) -> Faces:
     """Every face in one image with plausible landmarks, most prominent first, in full-resolution
     pixel coordinates (see the module docstring for the passes).
@@ -305,16 +324,14 @@ def find_faces(image: Any, detector: Optional["Detector"] = None, *, pad_retry: 
         scale = min(1.0, scale * FINER)
         pixels, decoded = photo.pixels(scale)
         faces, rejected = _split(_to_full(detector.detect_tiled(pixels, scale / decoded), decoded))
-    if not faces and pad_retry:  # upside down or sideways without an EXIF tag
-        rotations = []
-        for k in (1, 2, 3):
-            back = _unrotate(k, small.shape[-2], small.shape[-1])
-            turned = [f.mapped(back) for f in detector.detect(torch.rot90(small, k, dims=(1, 2)).unsqueeze(0), 1.0)[0]]
-            good, _ = _split(_to_full(turned, at_coarse))
-            if good:
-                rotations.append(good)
-        if rotations:
-            faces = max(rotations, key=lambda fs: max(f.prominence for f in fs))
+    turns = 0  # quarter turns of the copy the faces were detected on
+    if not faces and pad_retry:  # upside down or sideways without an EXIF tag: collapsed landmarks
+        for turns in (2, 1, 3):
+            faces = _turned(detector, small, turns, at_coarse)
+            if faces:
+                break
+    if faces and pad_retry and _quarter_turns(faces[0]) not in (0, turns):  # found sideways: again, upright
+        faces = _turned(detector, small, _quarter_turns(faces[0]), at_coarse) or faces
     return Faces(faces, rejected)
 
 

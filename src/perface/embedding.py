@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -26,7 +26,7 @@ from .errors import PerFaceError
 from .imageio import batch_items, describe
 from .registry import DEFAULT_MODEL
 
-__all__ = ["FAILURES", "EmbedResult", "embed", "get_metric"]
+__all__ = ["FAILURES", "EmbedResult", "embed", "align_crops", "get_metric"]
 
 # What counts as one input's failure (a NaN row + a reason), everywhere: perface's own errors
 # (unreadable file, no face, range), bad values or types of one input, and file-system errors.
@@ -153,6 +153,49 @@ def _face_indices(face_index: Union[FaceIndex, Sequence[FaceIndex]], n: int, arg
     return [face_index] * n
 
 
+def _batches(sources: Any, align: str, template: str, size: int, face_index: Union[FaceIndex, Sequence[FaceIndex]],
+             argument: str, batch_size: int, num_workers: int, device, progress: bool, desc: str) -> Iterator[List[_Item]]:
+    """Batches of :class:`_Item` in input order, from DataLoader workers (for more than one
+    batch) or in-process on ``device``, with a tqdm bar. ``ValueError`` for a malformed
+    ``align`` or ``face_index`` (before any work)."""
+    from tqdm.auto import tqdm
+
+    from .alignment import align_modes
+
+    if align not in align_modes():
+        raise ValueError(f"unknown align mode {align!r}; use one of {', '.join(map(repr, align_modes()))}")
+    items = batch_items(sources)
+    many = isinstance(sources, (list, tuple)) or len(items) != 1 or (
+        isinstance(sources, torch.Tensor) and sources.dim() == 4)
+    indices = _face_indices(face_index, len(items), argument)
+    workers = num_workers if len(items) > batch_size else 0
+    dataset = _Faces(items, align, template, size, indices, argument, many, "cpu" if workers > 0 else device)
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=list)
+    with tqdm(total=len(items), unit="img", desc=desc, disable=not progress) as bar:
+        for batch in loader:
+            yield batch
+            bar.update(len(batch))
+
+
+def align_crops(sources: Any, template: str = "arcface", size: int = 112, *,
+                face_index: Union[FaceIndex, Sequence[FaceIndex]] = None, batch_size: int = 32, num_workers: int = 0,
+                progress: bool = True, desc: str = "aligning photos"
+                ) -> Tuple[List[Optional[torch.Tensor]], Dict[int, str]]:
+    """The first half of :func:`embed` without a model: each input's faces aligned to
+    ``template`` at ``size``, as (K, 3, size, size) float32 in [0, 1] (``None`` where the input
+    failed), and ``errors``: input index -> reason. Options as in :func:`embed` (detection on
+    the CPU)."""
+    crops: List[Optional[torch.Tensor]] = []
+    errors: Dict[int, str] = {}
+    for batch in _batches(sources, "detect", template, size, face_index, "face_index", batch_size, num_workers,
+                          torch.device("cpu"), progress, desc):
+        for item in batch:
+            crops.append(item.crops)
+            if item.reason is not None:
+                errors[item.index] = item.reason
+    return crops, errors
+
+
 def embed(sources: Any, model: Any = DEFAULT_MODEL, *, align: str = "detect",
           face_index: Union[FaceIndex, Sequence[FaceIndex]] = None, batch_size: int = 32, num_workers: int = 0,
           progress: bool = True, device: Union[str, torch.device, None] = None, on_error: str = "record",
@@ -190,11 +233,8 @@ def embed(sources: Any, model: Any = DEFAULT_MODEL, *, align: str = "detect",
         ValueError: ``align``, ``on_error`` or ``face_index`` is malformed (before any work).
         The failure's own exception (one of :data:`FAILURES`) with ``on_error="raise"``.
     """
-    from .alignment import align_modes
     from .signature import signature_of
 
-    if align not in align_modes():
-        raise ValueError(f"unknown align mode {align!r}; use one of {', '.join(map(repr, align_modes()))}")
     if on_error not in ("record", "raise"):
         raise ValueError(f"on_error must be 'record' or 'raise', got {on_error!r}")
     metric = get_metric(model)
@@ -203,22 +243,12 @@ def embed(sources: Any, model: Any = DEFAULT_MODEL, *, align: str = "detect",
 
         metric.to(resolve_device(device))
     model_device = next(metric.parameters()).device
-    items = batch_items(sources)
-    many = isinstance(sources, (list, tuple)) or len(items) != 1 or (
-        isinstance(sources, torch.Tensor) and sources.dim() == 4)
-    indices = _face_indices(face_index, len(items), argument)
-    workers = num_workers if len(items) > batch_size else 0
-    det_device = "cpu" if workers > 0 else model_device
-    dataset = _Faces(items, align, metric.template, metric.input_size, indices, argument, many, det_device)
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=list)
     parts: List[_Item] = []
     errors: Dict[int, str] = {}
     embedded: List[torch.Tensor] = []
-    from tqdm.auto import tqdm
-
-    with torch.no_grad(), tqdm(total=len(items), unit="img", desc=desc or f"embed ({metric.name})",
-                               disable=not progress) as bar:
-        for batch in loader:
+    with torch.no_grad():
+        for batch in _batches(sources, align, metric.template, metric.input_size, face_index, argument, batch_size,
+                              num_workers, model_device, progress, desc or f"embed ({metric.name})"):
             good = [item for item in batch if item.crops is not None]
             for item in batch:
                 if item.crops is None:
@@ -230,7 +260,6 @@ def embed(sources: Any, model: Any = DEFAULT_MODEL, *, align: str = "detect",
                 crops = torch.cat([item.crops for item in good]).to(model_device)
                 embedded.append(metric.embed(crops, align="none").float().cpu())
             parts.extend(batch)
-            bar.update(len(batch))
     return _assemble(parts, torch.cat(embedded) if embedded else torch.empty(0, metric.embedding_size), errors,
                      metric, signature_of(metric, align))
 

@@ -1,9 +1,9 @@
-"""Face detection: facexlib's RetinaFace (mobilenet0.25) with the weights shipped in perface.
+"""Face detection: RetinaFace (mobilenet0.25, facexlib's layers, see :mod:`perface.retinaface`)
+with the weights shipped in perface.
 
-facexlib provides the architecture, the anchor priors and the box/landmark decoding; the
-weights are ``perface/weights/retinaface_mnet025.safetensors`` (pinned in
-``perface.registry.DETECTOR``), so nothing is downloaded. facexlib is imported only here, and
-only when a detector is first built.
+The weights are ``perface/weights/retinaface_mnet025.safetensors`` (pinned in
+``perface.registry.DETECTOR``), so nothing is downloaded. facexlib's layers are loaded only when
+a detector is first built.
 
 :func:`find_faces` is the search every photo goes through (:func:`detect_faces`,
 :func:`perface.align_faces`, ``PerFace(align="detect")``, :mod:`perface.embedding`):
@@ -108,13 +108,19 @@ def implausible(face: Face) -> Optional[str]:
     return None
 
 
-@functools.lru_cache(maxsize=32)
-def _priors(height: int, width: int) -> torch.Tensor:
-    """facexlib's anchor priors (cx, cy, w, h, normalized) for a network input of this size."""
-    from facexlib.detection.retinaface import generate_config
-    from facexlib.detection.retinaface_utils import PriorBox
+def _fold_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
+    """Fold every ``Conv2d -> BatchNorm2d`` pair of ``module``'s ``nn.Sequential`` blocks into one
+    convolution (inference only; in place)."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-    return PriorBox(generate_config(DETECTOR.arch), image_size=(height, width)).forward()
+    for child in module.children():
+        _fold_batchnorm(child)
+    if isinstance(module, torch.nn.Sequential):
+        layers = list(module)
+        for i, (conv, bn) in enumerate(zip(layers, layers[1:])):
+            if isinstance(conv, torch.nn.Conv2d) and isinstance(bn, torch.nn.BatchNorm2d):
+                module[i], module[i + 1] = fuse_conv_bn_eval(conv, bn), torch.nn.Identity()
+    return module
 
 
 def _resize(images: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
@@ -136,18 +142,19 @@ class Detector:
 
     def __init__(self, device: Union[str, torch.device] = "cpu", threshold: float = 0.8,
                  nms_threshold: float = 0.4, max_side: int = MAX_SIDE) -> None:
-        from facexlib.detection.retinaface import RetinaFace  # architecture only; never its downloader
         from safetensors.torch import load_file
+
+        from .retinaface import RetinaFaceMobile
 
         self.device = torch.device(device)
         self.threshold = threshold
         self.nms_threshold = nms_threshold
         self.max_side = max_side
-        net = RetinaFace(network_name=DETECTOR.arch, device=self.device)
+        net = RetinaFaceMobile()
         net.load_state_dict(load_file(str(resolve_weights(DETECTOR.weights, DETECTOR.name))), strict=True)
-        # channels_last: measured 21 -> 15 ms per 640x393 photo on a 2-core CPU (same outputs)
-        self.net = net.eval().requires_grad_(False).to(memory_format=torch.channels_last)
-        self._variance = net.cfg["variance"]
+        # channels_last: measured 21 -> 15 ms per 640x393 photo on a 2-core CPU (same outputs);
+        # BatchNorm folded into the convolutions: ~10% less CPU time (outputs equal to 2e-6)
+        self.net = _fold_batchnorm(net.eval().requires_grad_(False)).to(self.device, memory_format=torch.channels_last)
         self._mean = torch.tensor(_BGR_MEAN, device=self.device).view(1, 3, 1, 1)
 
     def prepare(self, images: torch.Tensor, scale: Optional[float] = None
@@ -170,11 +177,10 @@ class Detector:
                     scale: Tuple[float, float]) -> List[List[Face]]:
         """Decode raw network outputs (loc, conf, landmarks) for a batch of network ``size``
         (h, w) into faces in input pixels, most prominent first."""
-        from facexlib.detection.retinaface_utils import decode, decode_landm
-        from torchvision.ops import nms
+        from .retinaface import anchors, decode_boxes, decode_landmarks, nms
 
         h, w = int(size[0]), int(size[1])
-        priors = _priors(h, w).to(outputs[0].device)
+        priors = anchors(h, w).to(outputs[0].device)
         sx, sy = scale
         frame = torch.tensor([w, h], dtype=torch.float32, device=priors.device)
         result = []
@@ -184,8 +190,8 @@ class Detector:
             if not bool(keep.any()):
                 result.append([])
                 continue
-            boxes = decode(loc[keep].float(), priors[keep], self._variance).view(-1, 2, 2) * frame
-            points = decode_landm(landm[keep].float(), priors[keep], self._variance).view(-1, 5, 2) * frame
+            boxes = decode_boxes(loc[keep].float(), priors[keep]).view(-1, 2, 2) * frame
+            points = decode_landmarks(landm[keep].float(), priors[keep]) * frame
             scores = scores[keep]
             kept = nms(boxes.view(-1, 4), scores, self.nms_threshold)
             # network pixels -> input pixels, pixel-centre convention: x_in = (x_net + 0.5) / s - 0.5
@@ -228,7 +234,7 @@ class Detector:
     def detect_tiled(self, image: torch.Tensor, scale: float, tile: int = TILE, overlap: int = OVERLAP) -> List[Face]:
         """Faces in one (3, H, W) image detected at ``scale``, tile by tile (the network never sees
         more than ``tile`` x ``tile`` px), merged by non-maximum suppression; input pixels."""
-        from torchvision.ops import nms
+        from .retinaface import nms
 
         h, w = image.shape[-2:]
         size = (max(1, round(h * scale)), max(1, round(w * scale)))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Callable, List, Optional, Tuple, TypeVar
 
@@ -213,12 +214,18 @@ def load_images(srcs: Any) -> List[torch.Tensor]:
 
 def _pil_pixels(im) -> torch.Tensor:
     """Loaded PIL image -> (3, H, W), EXIF orientation applied: uint8 0..255 for 8-bit images
-    without transparency (no float copy of a large photo), else float32 in [0, 1]."""
+    without transparency, else float32 in [0, 1]. A large photo is copied once (not once per
+    step): the tensor shares the array's memory, and the array is never written to."""
     from PIL import ImageOps
 
     if im.mode in _UINT8_MODES or (im.mode == "P" and "transparency" not in im.info):
-        rgb = ImageOps.exif_transpose(im).convert("RGB")
-        return torch.from_numpy(np.array(rgb)).permute(2, 0, 1)
+        if im.getexif().get(0x0112, 1) != 1:
+            im = ImageOps.exif_transpose(im)
+        if im.mode != "RGB":
+            im = im.convert("RGB")
+        with warnings.catch_warnings():  # read-only array: nothing downstream writes into it
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.from_numpy(np.asarray(im)).permute(2, 0, 1)
     return torch.from_numpy(np.ascontiguousarray(_from_pil(im).transpose(2, 0, 1)))
 
 

@@ -102,6 +102,8 @@ def test_face_index_applies_to_its_own_side(hopper, astronaut, faces_dir):
     assert perface.similarity(faces_dir / "astronaut.png", group, face_index_b=1) == pytest.approx(second, abs=1e-5)
     lists = perface.similarity([group, group], faces_dir / "astronaut.png", face_index_a=[1, 0])
     assert lists.scores[0] > 0.95 and lists.scores[1] < 0.5
+    beyond = perface.similarity([group], faces_dir / "astronaut.png", face_index_a=[5])
+    assert "face_index_a[0]=5 but only 2 face(s)" in beyond.errors[0]
     with pytest.raises(NoFaceError, match="face_index_b=1"):
         perface.similarity(group, faces_dir / "astronaut.png", face_index_b=1)
 

@@ -48,7 +48,7 @@ COMPETE_RATIO = 0.5  # a second face this prominent relative to the first trigge
 ANTIALIAS_MIN_SCALE = 2.0  # area-average first when more than this many source px per output px
 SUPERSAMPLE = 2  # ... then sample each output pixel at 2 x 2 points and average them ...
 SUPERSAMPLE_MIN_SCALE = 1.25  # ... when it spans at least this many (area-averaged) source pixels
-MIN_SOURCE_SCALE = 2.0  # decode a JPEG so that a crop pixel spans at least this many decoded pixels
+MIN_SOURCE_SCALE = 1.5  # decode a JPEG so that a crop pixel spans at least this many decoded pixels
 
 
 class ResizeTo(nn.Module):

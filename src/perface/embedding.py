@@ -91,7 +91,7 @@ class _Faces(Dataset):
     """Input ``i`` -> :class:`_Item` (its aligned crops, or why it failed)."""
 
     def __init__(self, sources: Sequence[Any], align: str, template: str, size: int,
-                 face_index: Sequence[FaceIndex], argument: str, many: bool, device) -> None:
+                 face_index: Sequence[FaceIndex], argument: Sequence[str], many: bool, device) -> None:
         self.sources, self.align, self.template, self.size = sources, align, template, size
         self.face_index, self.argument, self.many, self.device = face_index, argument, many, device
 
@@ -114,7 +114,7 @@ class _Faces(Dataset):
         photo = Photo(src)
         name = describe(src, i if self.many else None)
         faces = find_faces(photo, get_detector(self.device) if self.device is not None else None)
-        chosen = choose_faces(faces, self.face_index[i], name, self.argument)
+        chosen = choose_faces(faces, self.face_index[i], name, self.argument[i])
         crops = crop_faces(photo, chosen, self.template, self.size).float()
         return _Item(i, crops.cpu(), torch.from_numpy(np.stack([f.box for f in chosen])).float(),
                      torch.from_numpy(np.stack([f.landmarks for f in chosen])).float(),
@@ -144,13 +144,15 @@ def get_metric(model: Any):
     return model if isinstance(model, PerFace) else _cached_metric(str(model))
 
 
-def _face_indices(face_index: Union[FaceIndex, Sequence[FaceIndex]], n: int, argument: str) -> List[FaceIndex]:
+def _face_indices(face_index: Union[FaceIndex, Sequence[FaceIndex]], n: int, argument: str
+                  ) -> Tuple[List[FaceIndex], List[str]]:
+    """One face index per input, and how messages name the option that sets it."""
     if isinstance(face_index, (list, tuple)):
         if len(face_index) != n:
             raise ValueError(f"{argument} has {len(face_index)} entries for {n} images; pass one per image, "
                              "or one value for all")
-        return list(face_index)
-    return [face_index] * n
+        return list(face_index), [f"{argument}[{i}]" for i in range(n)]
+    return [face_index] * n, [argument] * n
 
 
 def _batches(sources: Any, align: str, template: str, size: int, face_index: Union[FaceIndex, Sequence[FaceIndex]],
@@ -167,9 +169,9 @@ def _batches(sources: Any, align: str, template: str, size: int, face_index: Uni
     items = batch_items(sources)
     many = isinstance(sources, (list, tuple)) or len(items) != 1 or (
         isinstance(sources, torch.Tensor) and sources.dim() == 4)
-    indices = _face_indices(face_index, len(items), argument)
+    indices, arguments = _face_indices(face_index, len(items), argument)
     workers = num_workers if len(items) > batch_size else 0
-    dataset = _Faces(items, align, template, size, indices, argument, many, "cpu" if workers > 0 else device)
+    dataset = _Faces(items, align, template, size, indices, arguments, many, "cpu" if workers > 0 else device)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=list)
     with tqdm(total=len(items), unit="img", desc=desc, disable=not progress) as bar:
         for batch in loader:

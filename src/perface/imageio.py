@@ -214,25 +214,31 @@ def load_images(srcs: Any) -> List[torch.Tensor]:
 
 def _pil_pixels(im) -> torch.Tensor:
     """Loaded PIL image -> (3, H, W), EXIF orientation applied: uint8 0..255 for 8-bit images
-    without transparency, else float32 in [0, 1]. A large photo is copied once (not once per
-    step): the tensor shares the array's memory, and the array is never written to."""
-    from PIL import ImageOps
+    (transparent ones composited on white), else float32 in [0, 1] (16-bit and float images
+    keep their precision). A large photo is copied once, not once per step: the tensor shares
+    the array's memory, and nothing downstream writes into it."""
+    from PIL import Image, ImageOps
 
-    if im.mode in _UINT8_MODES or (im.mode == "P" and "transparency" not in im.info):
-        if im.getexif().get(0x0112, 1) != 1:
-            im = ImageOps.exif_transpose(im)
-        if im.mode != "RGB":
-            im = im.convert("RGB")
-        with warnings.catch_warnings():  # read-only array: nothing downstream writes into it
-            warnings.simplefilter("ignore", UserWarning)
-            return torch.from_numpy(np.asarray(im)).permute(2, 0, 1)
-    return torch.from_numpy(np.ascontiguousarray(_from_pil(im).transpose(2, 0, 1)))
+    transparent = im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (im.mode == "P" and "transparency" in im.info)
+    if im.mode not in _UINT8_MODES and im.mode != "P" and not transparent:
+        return torch.from_numpy(np.ascontiguousarray(_from_pil(im).transpose(2, 0, 1)))
+    if im.getexif().get(0x0112, 1) != 1:
+        im = ImageOps.exif_transpose(im)
+    if transparent:
+        white = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(white, im.convert("RGBA"))
+    if im.mode != "RGB":
+        im = im.convert("RGB")
+    with warnings.catch_warnings():  # a read-only array: see above
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(np.asarray(im)).permute(2, 0, 1)
 
 
-def _header(im) -> Tuple[Tuple[int, int], bool]:
-    """(h, w) as stored and whether the file can be decoded at reduced scale (JPEG)."""
+def _header(im) -> Tuple[Tuple[int, int], bool, bool]:
+    """(h, w) as stored, whether the file can be decoded at reduced scale (JPEG), and whether
+    its EXIF orientation stores it sideways."""
     w, h = im.size
-    return (h, w), im.format in ("JPEG", "MPO")
+    return (h, w), im.format in ("JPEG", "MPO"), im.getexif().get(0x0112, 1) in (5, 6, 7, 8)
 
 
 class Photo:
@@ -265,8 +271,7 @@ class Photo:
             self.size: Tuple[int, int] = (int(pixels.shape[-2]), int(pixels.shape[-1]))
             self._reducible = False
         else:
-            self._stored, self._reducible = _read_file(self._path, _header, load=False)
-            sideways = _read_file(self._path, lambda im: im.getexif().get(0x0112, 1) in (5, 6, 7, 8), load=False)
+            self._stored, self._reducible, sideways = _read_file(self._path, _header, load=False)
             self.size = self._stored[::-1] if sideways else self._stored
 
     def pixels(self, min_scale: float = 1.0) -> Tuple[torch.Tensor, float]:

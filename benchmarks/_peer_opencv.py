@@ -13,7 +13,8 @@ The two ONNX files (``face_detection_yunet_2023mar_int8bq.onnx`` and
 
 Per photo and round: ``decode`` (``cv2.imread``), ``detect`` (``INTER_AREA`` resize to long side
 <= ``--max-side`` + YuNet), ``align`` (``FaceRecognizerSF.alignCrop`` on the full photo) and
-``embed`` (``FaceRecognizerSF.feature``), in seconds. The embedding of the first round is
+``embed`` (``FaceRecognizerSF.feature``), in wall seconds, and ``cpu``: the process's CPU
+seconds (all threads) for the photo. The embedding of the first round is
 returned too, L2-normalized, so the caller can check accuracy.
 """
 
@@ -51,6 +52,7 @@ def main() -> int:
     for r in range(args.rounds):
         times = []
         for path in args.photos:
+            c0 = time.process_time()
             t0 = time.perf_counter()
             image = cv2.imread(path)
             t1 = time.perf_counter()
@@ -71,7 +73,7 @@ def main() -> int:
             feature = recognizer.feature(crop)
             t4 = time.perf_counter()
             times.append({"photo": path, "face": True, "decode": t1 - t0, "detect": t2 - t1, "align": t3 - t2,
-                          "embed": t4 - t3})
+                          "embed": t4 - t3, "cpu": time.process_time() - c0})
             if r == 0:
                 f = feature.reshape(-1).astype(np.float64)
                 embeddings[path] = (f / np.linalg.norm(f)).tolist()

@@ -234,20 +234,24 @@ def _pil_pixels(im) -> torch.Tensor:
         return torch.from_numpy(np.asarray(im)).permute(2, 0, 1)
 
 
-def _header(im) -> Tuple[Tuple[int, int], bool, bool]:
-    """(h, w) as stored, whether the file can be decoded at reduced scale (JPEG), and whether
-    its EXIF orientation stores it sideways."""
+def _header(im) -> Optional[Tuple[Tuple[int, int], bool]]:
+    """For a JPEG (decodable at reduced scale): (h, w) as stored and whether its EXIF orientation
+    stores it sideways; None for other formats (PNG keeps EXIF after the pixels: reading the
+    header would decode them)."""
+    if im.format not in ("JPEG", "MPO"):
+        return None
     w, h = im.size
-    return (h, w), im.format in ("JPEG", "MPO"), im.getexif().get(0x0112, 1) in (5, 6, 7, 8)
+    return (h, w), im.getexif().get(0x0112, 1) in (5, 6, 7, 8)
 
 
 class Photo:
     """One input of the photo pipeline, decoded only as finely as the next step needs.
 
-    ``Photo(src)`` accepts what :func:`load_image` accepts. A file is not decoded until
-    :meth:`pixels` asks for a scale: a JPEG is then decoded at the coarsest DCT scale (1, 1/2,
-    1/4 or 1/8) that is at least that fine, which is several times faster than a full decode.
-    Other inputs are held at full resolution (tensors keep their device and autograd graph).
+    ``Photo(src)`` accepts what :func:`load_image` accepts. A JPEG file is not decoded until
+    :meth:`pixels` asks for a scale: it is then decoded at the coarsest DCT scale (1, 1/2, 1/4
+    or 1/8) that is at least that fine, which is several times faster than a full decode. Other
+    inputs are decoded (or held) at full resolution at once; tensors keep their device and
+    autograd graph. Raises :class:`ImageReadError` (here, or from :meth:`pixels` for a JPEG).
 
     Attributes:
         name: the input as named in messages (:func:`describe`).
@@ -258,21 +262,24 @@ class Photo:
         self.name = describe(src)
         self._path = Path(src) if isinstance(src, (str, os.PathLike)) else None
         self._decoded: Optional[Tuple[float, torch.Tensor]] = None
-        if self._path is None:
-            from PIL import Image
+        header = None if self._path is None else _read_file(self._path, _header, load=False)
+        self._reducible = header is not None
+        if header is not None:
+            self._stored, sideways = header
+            self.size: Tuple[int, int] = self._stored[::-1] if sideways else self._stored
+            return
+        from PIL import Image
 
-            if isinstance(src, Image.Image):
-                pixels = _pil_pixels(src)
-            elif isinstance(src, np.ndarray) and src.dtype == np.uint8 and src.ndim == 3 and src.shape[2] == 3:
-                pixels = torch.from_numpy(src).permute(2, 0, 1)
-            else:
-                pixels = load_image(src)
-            self._decoded = (1.0, pixels)
-            self.size: Tuple[int, int] = (int(pixels.shape[-2]), int(pixels.shape[-1]))
-            self._reducible = False
+        if self._path is not None:
+            pixels = _read_file(self._path, _pil_pixels)
+        elif isinstance(src, Image.Image):
+            pixels = _pil_pixels(src)
+        elif isinstance(src, np.ndarray) and src.dtype == np.uint8 and src.ndim == 3 and src.shape[2] == 3:
+            pixels = torch.from_numpy(src).permute(2, 0, 1)
         else:
-            self._stored, self._reducible, sideways = _read_file(self._path, _header, load=False)
-            self.size = self._stored[::-1] if sideways else self._stored
+            pixels = load_image(src)
+        self._decoded = (1.0, pixels)
+        self.size = (int(pixels.shape[-2]), int(pixels.shape[-1]))
 
     def pixels(self, min_scale: float = 1.0) -> Tuple[torch.Tensor, float]:
         """The image decoded at ``scale >= min_scale`` (decoded pixels per full-resolution pixel):

@@ -77,7 +77,8 @@ for path in photos:
     t0 = time.perf_counter(); image = perface.load_image(path)
     t1 = time.perf_counter(); faces = detector.detect_padded(image)
     t2 = time.perf_counter()
-    crop = warp_affine(image[None], _landmark_matrices(faces[:1], metric.template, metric.input_size), metric.input_size)
+    matrices = _landmark_matrices(faces[:1], metric.template, metric.input_size)
+    crop = warp_affine(image[None], matrices, metric.input_size)
     t3 = time.perf_counter()
     with torch.no_grad():
         metric.embed(crop, aligned=True)
@@ -274,7 +275,8 @@ def main() -> int:
     pipes = result["pipelines"]
     if "opencv" in pipes:
         result["speedup_vs_opencv"] = pipes["perface"]["faces_per_s"] / pipes["opencv"]["faces_per_s"]
-        result["cpu_ratio_opencv_over_perface"] = pipes["opencv"]["cpu_ms_per_face"] / pipes["perface"]["cpu_ms_per_face"]
+        result["cpu_ratio_opencv_over_perface"] = (pipes["opencv"]["cpu_ms_per_face"]
+                                                   / pipes["perface"]["cpu_ms_per_face"])
         print(f"perface / OpenCV: {result['speedup_vs_opencv']:.2f}x faces/s end to end, "
               f"{result['cpu_ratio_opencv_over_perface']:.2f}x less CPU time per face (goal >= 1.5x); OpenCV "
               f"{runs['opencv'][0]['opencv']}")

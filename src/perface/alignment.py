@@ -109,7 +109,8 @@ def _warp_shared(x: torch.Tensor, m: torch.Tensor, size: Tuple[int, int], antial
     the crop's edges, so an exact 2x or 4x downscale averages whole source pixels and never reads
     the padding. A downscaled crop is then sampled at 2 x 2 points per output pixel and averaged
     (a box filter over the pixel's footprint, not one bilinear tap): conversions between crop
-    formats then keep cos >= 0.99 to the crop made directly from the photo. ``border``: ``"zeros"`` (black outside the image, like ``BORDER_CONSTANT=0``)
+    formats then keep cos >= 0.99 to the crop made directly from the photo. ``border``: ``"zeros"``
+    (black outside the image, like ``BORDER_CONSTANT=0``)
     or ``"replicate"`` (the nearest edge pixel: a pre-aligned crop continued).
     """
     out_h, out_w = size

@@ -103,7 +103,7 @@ class _Faces(Dataset):
         try:
             with torch.no_grad():
                 return self._crops(i, src) if self.align == "detect" else self._converted(i, src)
-        except FAILURES as exc:
+        except FAILURES as exc:  # type: ignore[misc]  # a tuple of exception classes
             return _Item(i, reason=_reason(exc, src, i), exception=exc)
 
     def _crops(self, i: int, src: Any) -> _Item:
@@ -152,11 +152,12 @@ def _face_indices(face_index: Union[FaceIndex, Sequence[FaceIndex]], n: int, arg
             raise ValueError(f"{argument} has {len(face_index)} entries for {n} images; pass one per image, "
                              "or one value for all")
         return list(face_index), [f"{argument}[{i}]" for i in range(n)]
-    return [face_index] * n, [argument] * n
+    return [face_index] * n, [argument] * n  # type: ignore[list-item]  # one value, not a list
 
 
 def _batches(sources: Any, align: str, template: str, size: int, face_index: Union[FaceIndex, Sequence[FaceIndex]],
-             argument: str, batch_size: int, num_workers: int, device, progress: bool, desc: str) -> Iterator[List[_Item]]:
+             argument: str, batch_size: int, num_workers: int, device: Any, progress: bool, desc: str
+             ) -> Iterator[List[_Item]]:
     """Batches of :class:`_Item` in input order, from DataLoader workers (for more than one
     batch) or in-process on ``device``, with a tqdm bar. ``ValueError`` for a malformed
     ``align`` or ``face_index`` (before any work)."""
@@ -251,7 +252,7 @@ def embed(sources: Any, model: Any = DEFAULT_MODEL, *, align: str = "detect",
     with torch.no_grad():
         for batch in _batches(sources, align, metric.template, metric.input_size, face_index, argument, batch_size,
                               num_workers, model_device, progress, desc or f"embed ({metric.name})"):
-            good = [item for item in batch if item.crops is not None]
+            good = [item.crops for item in batch if item.crops is not None]
             for item in batch:
                 if item.crops is None:
                     if on_error == "raise":
@@ -259,7 +260,7 @@ def embed(sources: Any, model: Any = DEFAULT_MODEL, *, align: str = "detect",
                         raise item.exception
                     errors[item.index] = item.reason or "failed"
             if good:
-                crops = torch.cat([item.crops for item in good]).to(model_device)
+                crops = torch.cat(good).to(model_device)
                 embedded.append(metric.embed(crops, align="none").float().cpu())
             parts.extend(batch)
     return _assemble(parts, torch.cat(embedded) if embedded else torch.empty(0, metric.embedding_size), errors,
@@ -279,6 +280,7 @@ def _assemble(parts: List[_Item], embedded: torch.Tensor, errors: Dict[int, str]
             points.append(torch.full((1, 5, 2), nan))
             scores.append(torch.full((1,), nan))
         else:
+            assert item.boxes is not None and item.landmarks is not None and item.scores is not None
             k = item.crops.shape[0]
             rows.append(embedded[start:start + k])
             boxes.append(item.boxes)

@@ -95,8 +95,8 @@ def _register_heif(path: Path) -> None:
     register_heif_opener()
 
 
-def _read_file(path: Path, convert: Callable[[Any], T] = lambda im: _from_pil(im),
-               draft_size: Optional[Tuple[int, int]] = None, load: bool = True) -> T:
+def _read_file(path: Path, convert: Callable[[Any], T], draft_size: Optional[Tuple[int, int]] = None,
+               load: bool = True) -> T:
     """Open the image file ``path`` and return ``convert(image)``, the image decoded unless
     ``load`` is False; the file is closed on every path. ``draft_size``: (w, h) in stored
     orientation; a JPEG is then decoded at the coarsest DCT scale (1/1, 1/2, 1/4, 1/8) whose
@@ -187,7 +187,7 @@ def load_image(src: Any) -> torch.Tensor:
             raise ValueError(f"{name}: a batch of {src.shape[0]} images; use load_images for batches.")
         return to_unit_range(src, name=name)[0].float()
     if isinstance(src, (str, os.PathLike)):
-        array = _read_file(Path(src))
+        array: np.ndarray = _read_file(Path(src), _from_pil)
     elif isinstance(src, Image.Image):
         array = _from_pil(src)
     elif isinstance(src, np.ndarray):

@@ -204,7 +204,7 @@ class PerFace(nn.Module):
         ``aligned`` and ``align`` as in :meth:`preprocess`). An empty batch gives (0, D)."""
         if _batch_size(x, "x") == 0:
             to_unit_range(x, self.value_range, self.check_range)  # still check shape and dtype
-            return x.new_zeros((0, self.embedding_size), dtype=self._mean.dtype, device=self._mean.device)
+            return torch.zeros((0, self.embedding_size), device=x.device)
         x = self.preprocess(x, aligned, align)
         # A backbone may ask for CPU batches in chunks (``cpu_chunk``; same results and gradients):
         # not in training mode, where BatchNorm's batch statistics depend on the whole batch.

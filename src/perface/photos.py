@@ -110,10 +110,10 @@ def similarity(a: Any, b: Any, model: Any = DEFAULT_MODEL, *,
     single = not is_batch(a) and not is_batch(b)
     list_a, list_b = batch_items(a), batch_items(b)
     pairs = _pairs(len(list_a), len(list_b))
-    options = dict(batch_size=batch_size, num_workers=num_workers, progress=progress, device=device,
-                   on_error="raise" if single else "record")
-    emb_a = embed(a, metric, face_index=face_index_a, argument="face_index_a", **options)
-    emb_b = embed(b, metric, face_index=face_index_b, argument="face_index_b", **options)
+    on_error = "raise" if single else "record"
+    emb_a, emb_b = (embed(side, metric, face_index=index, argument=name, batch_size=batch_size,
+                          num_workers=num_workers, progress=progress, device=device, on_error=on_error)
+                    for side, index, name in ((a, face_index_a, "face_index_a"), (b, face_index_b, "face_index_b")))
     if single:
         return float((emb_a.embeddings[0] * emb_b.embeddings[0]).sum())
     rows_a, rows_b = torch.tensor([i for i, _ in pairs], dtype=torch.long), torch.tensor([j for _, j in pairs],

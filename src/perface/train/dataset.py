@@ -31,24 +31,19 @@ def read_crop(path: Path, size: int) -> torch.Tensor:
 
 def align_photos(triplets: TripletSet, template: str, size: int, progress: bool = True
                  ) -> Tuple[TripletSet, Dict[Path, torch.Tensor]]:
-    """Detect and align every photo of ``triplets`` once (``perface.align_faces``, the most prominent face).
+    """Detect and align every photo of ``triplets`` once (the photo pipeline's
+    :func:`perface.embedding.align_crops`, the most prominent face).
 
     Returns the triplets whose three photos all worked and the aligned faces, uint8
     (3, size, size) by path. Photos without a face or unreadable are listed in one warning.
     """
-    from tqdm.auto import tqdm
+    from ..embedding import align_crops
 
-    from ..alignment import align_faces
-    from ..errors import ImageReadError, NoFaceError
-
-    cache: Dict[Path, torch.Tensor] = {}
-    failed: Dict[Path, str] = {}
     paths = sorted({p for t in triplets.triplets for p in t.paths})
-    for path in tqdm(paths, desc="aligning photos", unit="photo", disable=not progress):
-        try:
-            cache[path] = (align_faces(path, template=template, size=size)[0] * 255).round().to(torch.uint8)
-        except (NoFaceError, ImageReadError) as exc:
-            failed[path] = str(exc)
+    crops, errors = align_crops([str(p) for p in paths], template, size, progress=progress)
+    cache: Dict[Path, torch.Tensor] = {p: (c[0] * 255).round().to(torch.uint8) for p, c in zip(paths, crops)
+                                       if c is not None}
+    failed: Dict[Path, str] = {paths[i]: why for i, why in errors.items()}
     if failed:
         warnings.warn(f"{triplets.source}: skipped triplets using {len(failed)} photo(s) that failed: "
                       + "; ".join(f"{p}: {why}" for p, why in failed.items()), stacklevel=2)

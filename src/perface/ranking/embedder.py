@@ -2,20 +2,18 @@
 
 The pool code (:mod:`perface.ranking.pool`) is written against :data:`Embedder`, a callable
 ``paths -> EmbedBatch``; it never loads, detects or aligns photos itself. :class:`PhotoEmbedder`
-is the adapter that embeds photos with a :class:`perface.PerFace` (to be backed by the package's
-one photo pipeline, :mod:`perface.embedding`, once that lands).
+is the adapter to the package's one photo pipeline, :func:`perface.embedding.embed`.
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Protocol, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Protocol, Sequence, Union
 
 import torch
-from torch.utils.data import DataLoader, Dataset
 
-__all__ = ["EmbedBatch", "Embedder", "Progress", "PhotoEmbedder", "face_crop", "model_key"]
+__all__ = ["EmbedBatch", "Embedder", "Progress", "PhotoEmbedder", "model_key"]
 
 Progress = Callable[[int], None]
 
@@ -42,44 +40,11 @@ class Embedder(Protocol):
     def __call__(self, paths: List[str], /) -> EmbedBatch: ...
 
 
-def face_crop(src, template: str, size: int, device="cpu") -> Tuple[torch.Tensor, torch.Tensor]:
-    """The most prominent face of ``src`` aligned to ``template``: (3, size, size) in [0, 1],
-    and its box (4,) xyxy in photo pixels. Raises NoFaceError / ImageReadError."""
-    from ..alignment import choose_faces, similarity_transform, warp_affine
-    from ..detection import get_detector
-    from ..imageio import describe, load_image
-    from ..templates import template_points
-
-    img = load_image(src)
-    face = choose_faces(get_detector(device).detect_padded(img), None, describe(src))[0]
-    matrix = similarity_transform(face.landmarks, template_points(template, size))
-    return warp_affine(img.unsqueeze(0), matrix, size)[0], torch.as_tensor(face.box, dtype=torch.float32)
-
-
-class _Faces(Dataset):
-    """Pool photos -> (index, aligned crop, box, None) or (index, None, None, reason)."""
-
-    def __init__(self, sources: Sequence, template: str, size: int) -> None:
-        self.sources, self.template, self.size = sources, template, size
-
-    def __len__(self) -> int:
-        return len(self.sources)
-
-    def __getitem__(self, i: int):
-        from ..errors import PerFaceError
-
-        try:
-            with torch.no_grad():
-                crop, box = face_crop(self.sources[i], self.template, self.size)
-            return i, crop, box, None
-        except (PerFaceError, ValueError, TypeError, OSError) as exc:
-            return i, None, None, f"{type(exc).__name__}: {exc}"
-
-
 class PhotoEmbedder:
-    """Embeds photos with a :class:`perface.PerFace`: each is loaded, its most prominent face
-    detected and aligned to the model's template in DataLoader workers, then embedded in
-    batches. Failures become NaN rows with a reason.
+    """Embeds photos with a :class:`perface.PerFace` through :func:`perface.embedding.embed`: each
+    is loaded, its most prominent face detected and aligned to the model's template (in
+    DataLoader workers when ``num_workers > 0``), then embedded in batches. Failures become NaN
+    rows with a reason.
 
     Args:
         model: a ``PerFace`` or a model name/path for one.
@@ -110,34 +75,18 @@ class PhotoEmbedder:
         """Embed ``sources`` (paths or anything :func:`perface.load_image` reads).
 
         ``progress``: True/False overrides the bar setting for this call; a callable is told
-        the number of files finished after each batch instead of drawing a bar.
+        the number of files finished when the call ends instead of drawing a bar (the pool calls
+        with chunks of at most ``save_every`` files).
         """
-        from tqdm.auto import tqdm
+        from ..embedding import embed
 
-        metric = self.metric
-        device = next(metric.parameters()).device
-        n = len(sources)
-        emb = torch.full((n, metric.embedding_size), float("nan"))
-        boxes = torch.full((n, 4), float("nan"))
-        errors: Dict[int, str] = {}
         report: Optional[Progress] = progress if callable(progress) else None
         show = (self.progress if progress is None else bool(progress)) and report is None
-        # one batch or less: worker start-up would cost more than it could overlap
-        workers = self.num_workers if n > self.batch_size else 0
-        loader = DataLoader(_Faces(list(sources), metric.template, metric.input_size), batch_size=self.batch_size,
-                            num_workers=workers, collate_fn=list)
-        with torch.no_grad(), tqdm(total=n, unit="img", desc=f"embed ({metric.name})", disable=not show) as bar:
-            for batch in loader:
-                good = [(i, crop, box) for i, crop, box, _ in batch if crop is not None]
-                errors.update((i, reason) for i, crop, _, reason in batch if crop is None)
-                if good:
-                    rows = torch.tensor([i for i, _, _ in good])
-                    emb[rows] = metric.embed(torch.stack([c for _, c, _ in good]).to(device), aligned=True).float().cpu()
-                    boxes[rows] = torch.stack([b for _, _, b in good])
-                bar.update(len(batch))
-                if report is not None:
-                    report(len(batch))
-        return EmbedBatch(emb, boxes, errors)
+        result = embed(list(sources), self.metric, batch_size=self.batch_size, num_workers=self.num_workers,
+                       progress=show, desc=f"embed ({self.metric.name})")
+        if report is not None:
+            report(len(sources))
+        return EmbedBatch(result.embeddings, result.boxes, dict(result.errors))
 
 
 def model_key(metric) -> Dict[str, str]:

@@ -23,7 +23,6 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 
 from .._io import atomic_dir, atomic_write_text
-from ..errors import NoFaceError
 from .pool import SAVE_EVERY, Pool, PoolSet
 from .search import DEFAULT_CHUNK_ROWS, Selection, _check_selection, search
 
@@ -385,7 +384,6 @@ def rank(
             target (their signatures differ).
         FileNotFoundError: ``update=False`` and no cache for this pool and model.
     """
-    from ..errors import ImageReadError
     from .pool import PhotoEmbedder
 
     _check_selection(band, top, bottom, exclude_identity, None, 0)  # before any slow embedding
@@ -407,11 +405,10 @@ def rank(
     if isinstance(target, torch.Tensor) and target.dim() == 1:
         target_emb, target_box = target, torch.full((4,), float("nan"))
     else:
-        got = embedder()([target_path if target_path is not None else target], progress=False)
-        if got.errors:
-            reason = got.errors[0]
-            error = ImageReadError if reason.startswith(ImageReadError.__name__) else NoFaceError
-            raise error(f"target {target_name}: {reason}")
+        from ..embedding import embed
+
+        got = embed([target_path if target_path is not None else target], embedder().metric, on_error="raise",
+                    progress=False)
         target_emb, target_box, target_signature = got.embeddings[0], got.boxes[0], embedder().key["signature"]
     # after the target: fail fast on a bad one
     the_pool = _pool_set(pool, embedder, model, cache, update, rebuild, dtype=dtype, progress=progress,

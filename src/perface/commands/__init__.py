@@ -50,8 +50,8 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = _plain(action.help or "")
-        if ("default" not in text.lower() and action.default not in (None, False, argparse.SUPPRESS)
-                and action.option_strings and action.nargs != 0):
+        if ("default" not in text.lower() and action.default is not None and action.default is not False
+                and action.default != argparse.SUPPRESS and action.option_strings and action.nargs != 0):
             text += " (default: %(default)s)"
         return text
 

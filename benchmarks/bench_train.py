@@ -24,30 +24,20 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _util import bench_main, device_sync, metric_sources  # noqa: E402
+from gpu_check import make_simceleba_like  # noqa: E402
 
 BACKBONES = ("sface", "iresnet50")
 
 
-def make_crops_set(folder: Path, n_train: int, n_val: int, side: int = 224, seed: int = 0) -> Path:
-    """A SimCelebA-format folder of random JPEG crops (unanimous answers) and its split.json."""
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    lines = ["tripletId,ans1,ans2,ans3"]
-    for i in range(n_train + n_val):
-        for slot in "abc":
-            pixels = rng.integers(0, 256, (side // 8, side // 8, 3), dtype=np.uint8)
-            Image.fromarray(pixels).resize((side, side)).save(folder / f"t{i:04d}_{slot}.jpg", quality=90)
-        lines.append(f"t{i:04d},a,a,a")
-    (folder / "triplet_answers.csv").write_text("\r\n".join(lines) + "\r\n")
+def make_crops_set(folder: Path, n_train: int, n_val: int) -> Path:
+    """A SimCelebA-format folder of 224 px JPEG crops, all answers unanimous, and its split.json."""
+    make_simceleba_like(folder, n_train + n_val, n_train + n_val)
     ids = [f"t{i:04d}" for i in range(n_train + n_val)]
     (folder / "split.json").write_text(json.dumps({"train": ids[:n_train], "val": ids[n_train:], "test": []}))
     return folder
@@ -92,13 +82,13 @@ def _loop(source: str, bn: str, batch: int, steps: int, data: Path, out: Path) -
     return {"step": summary["train_seconds"] / summary["steps"], "epoch": summary["epoch_seconds"] / summary["steps"]}
 
 
-def run(quick: bool = False, reps: int = 3) -> Dict[str, object]:
+def run(quick: bool = False, reps: int = 3, backbones: Tuple[str, ...] = BACKBONES) -> Dict[str, object]:
     """Measure and return ``{"title", "rows", "notes"}`` (rows: one dict per backbone and BatchNorm policy)."""
     from perface.train.trainer import micro_batch_size
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     batch, steps, reps = (4, 2, 2) if quick else (32, 3, reps)
-    backbones = BACKBONES[:1] if quick else BACKBONES
+    backbones = backbones[:1] if quick else backbones
     tmp = Path(tempfile.mkdtemp(prefix="perface-bench-train-"))
     data = make_crops_set(tmp / "set", n_train=batch * steps, n_val=max(4, batch // 2))
     rows: List[Dict[str, object]] = []

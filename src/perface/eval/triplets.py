@@ -160,7 +160,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", default="markdown", choices=("markdown", "csv", "json"), help="stdout format")
     parser.add_argument("--output", action="append", default=[], metavar="FILE",
                         help="also write the table to FILE (.md, .csv or .json by its suffix; repeatable)")
-    parser.add_argument("--no-progress", dest="progress", action="store_false")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
 
 
 def run(args: argparse.Namespace) -> int:

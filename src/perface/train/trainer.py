@@ -289,7 +289,7 @@ def _train(cfg: TrainConfig, distributed: bool, rank: int, world: int, device: t
         scaler.load_state_dict(ckpt["scaler"])
         if scheduler is not None:
             scheduler.load_state_dict(ckpt["scheduler"])
-        state, baseline = ckpt["state"], ckpt["baseline"]
+        state, baseline = {"epoch_seconds": 0.0, **ckpt["state"]}, ckpt["baseline"]
         _set_rng_state(ckpt["rng"])
         log.write(event="resume", epoch=state["epoch"], step=state["step"])
     else:

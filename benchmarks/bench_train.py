@@ -43,8 +43,8 @@ def make_crops_set(folder: Path, n_train: int, n_val: int) -> Path:
     return folder
 
 
-def _bound(source: str, bn: str, batch: int, micro: int, steps: int, device: torch.device) -> float:
-    """Median seconds per ``train_step`` over ``steps`` steps on one in-memory batch (after one warm-up)."""
+def _bound(source: str, bn: str, batch: int, micro: int, steps: int, device: torch.device) -> Dict[str, float]:
+    """Median wall and CPU seconds per ``train_step`` over ``steps`` steps on one in-memory batch (after one warm-up)."""
     import perface
     from perface.train.trainer import _Embedder, _freeze_bn, train_step
 
@@ -60,18 +60,19 @@ def _bound(source: str, bn: str, batch: int, micro: int, steps: int, device: tor
     embedder = _Embedder(metric)
     sync = device_sync(device)
     train_step(embedder, x, opt, scaler, 0.1, micro, None)
-    times = []
+    times, cpu = [], []
     for _ in range(steps):
         sync()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         train_step(embedder, x, opt, scaler, 0.1, micro, None)
         sync()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        cpu.append(time.process_time() - c0)
+    return {"step": statistics.median(times), "cpu": statistics.median(cpu)}
 
 
 def _loop(source: str, bn: str, batch: int, steps: int, data: Path, out: Path) -> Dict[str, float]:
-    """``train()`` for ``steps`` steps: seconds per step in the loop, and per step with validation."""
+    """``train()`` for ``steps`` steps: wall and CPU seconds per step in the loop, and per step with validation."""
     from perface.train.config import TrainConfig
     from perface.train.trainer import train
 
@@ -79,7 +80,8 @@ def _loop(source: str, bn: str, batch: int, steps: int, data: Path, out: Path) -
                       batch_size=batch, epochs=1, max_steps=steps, patience=0, progress=False, resume=False,
                       min_val=0, log_every=1)
     summary = train(cfg)
-    return {"step": summary["train_seconds"] / summary["steps"], "epoch": summary["epoch_seconds"] / summary["steps"]}
+    return {"step": summary["train_seconds"] / summary["steps"], "cpu": summary["train_cpu_seconds"] / summary["steps"],
+            "epoch": summary["epoch_seconds"] / summary["steps"]}
 
 
 def run(quick: bool = False, reps: int = 3, backbones: Tuple[str, ...] = BACKBONES) -> Dict[str, object]:
@@ -95,14 +97,20 @@ def run(quick: bool = False, reps: int = 3, backbones: Tuple[str, ...] = BACKBON
     for label, source in metric_sources(backbones):
         for bn in ("frozen", "train"):
             micro = micro_batch_size(bn, device, batch)
-            got: Dict[str, List[float]] = {"bound": [], "loop": [], "epoch": [], "full": []}
+            got: Dict[str, List[float]] = {k: [] for k in ("bound", "bound_cpu", "loop", "loop_cpu", "epoch", "full",
+                                                            "full_cpu")}
             for rep in range(reps):  # interleaved: each repetition measures every variant once
-                got["bound"].append(_bound(source, bn, batch, micro, steps, device))
+                bound = _bound(source, bn, batch, micro, steps, device)
+                got["bound"].append(bound["step"])
+                got["bound_cpu"].append(bound["cpu"])
                 loop = _loop(source, bn, batch, steps, data, tmp / f"run-{label}-{bn}-{rep}")
                 got["loop"].append(loop["step"])
+                got["loop_cpu"].append(loop["cpu"])
                 got["epoch"].append(loop["epoch"])
                 if micro < batch:
-                    got["full"].append(_bound(source, bn, batch, batch, steps, device))
+                    full = _bound(source, bn, batch, batch, steps, device)
+                    got["full"].append(full["step"])
+                    got["full_cpu"].append(full["cpu"])
             med = {k: statistics.median(v) for k, v in got.items() if v}
             rows.append({
                 "backbone": label, "bn": bn, "device": device.type, "threads": torch.get_num_threads(),
@@ -112,6 +120,10 @@ def run(quick: bool = False, reps: int = 3, backbones: Tuple[str, ...] = BACKBON
                 "loop_over_bound": round(med["bound"] / med["loop"], 3),
                 "loop_with_val_triplets_s": round(batch / med["epoch"], 2),
                 "full_batch_triplets_s": round(batch / med["full"], 2) if "full" in med else None,
+                "bound_cpu_ms_per_triplet": round(1e3 * med["bound_cpu"] / batch, 1),
+                "loop_cpu_ms_per_triplet": round(1e3 * med["loop_cpu"] / batch, 1),
+                "loop_over_bound_cpu": round(med["bound_cpu"] / med["loop_cpu"], 3),
+                "full_batch_cpu_ms_per_triplet": round(1e3 * med["full_cpu"] / batch, 1) if "full_cpu" in med else None,
                 "reps": reps,
             })
     notes = [f"medians of {reps} interleaved repetitions of {steps} steps each; bound and loop measured in the same "
@@ -119,7 +131,9 @@ def run(quick: bool = False, reps: int = 3, backbones: Tuple[str, ...] = BACKBON
              f"loop: python -m perface.train's train() on {batch * steps} triplets of random 224 px JPEG crops; "
              "loop+val adds the validation of each epoch and the checkpoint writing (here one short epoch, so its "
              "share is far larger than in a real run)",
-             "full batch: the step as one pass over 3 x batch images, how training ran before micro-batching"]
+             "full batch: the step as one pass over 3 x batch images, how training ran before micro-batching",
+             "cpu_ms_per_triplet: CPU time of the process (all its threads) per triplet; on a machine shared with other "
+             "jobs it moves far less than wall time, so compare those columns there"]
     return {"title": "Training throughput: loop vs forward+backward bound", "rows": rows, "notes": notes}
 
 

@@ -304,7 +304,8 @@ def test_cli_bad_option_exits_2():
 
 def test_synthetic_cli_help_and_errors(tmp_path):
     done = _cli("perface.train.synthetic", "--help")
-    assert done.returncode == 0 and "--quiet" in done.stdout and "(default: 0)" in done.stdout
+    seed = " ".join(done.stdout.split("  --seed ", 1)[1].split("\n  -", 1)[0].split())
+    assert done.returncode == 0 and "--quiet" in done.stdout and "(default: 0)" in seed
     (tmp_path / "faces").mkdir()
     done = _cli("perface.train.synthetic", "--faces", str(tmp_path / "faces"), "--out", str(tmp_path / "o"), "-q")
     assert done.returncode == 1 and "at least 4 people" in done.stderr and "Traceback" not in done.stderr

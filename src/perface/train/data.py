@@ -211,8 +211,8 @@ def describe_failures(
 
     first = ", ".join(f"{name(p)} ({why})" for p, why in failed[:shown])
     more = f" and {len(failed) - shown:,} more" if len(failed) > shown else ""
-    listed = (f"full list in {missing_list}" if missing_list is not None
-              else "write the full list with --missing-list FILE (or read the set's .unreadable)")
+    listed = (f"Full list in {missing_list}" if missing_list is not None
+              else "Write the full list with --missing-list FILE (or read the set's .unreadable)")
     return (f"{source}: {len(failed):,} of {n_images:,} images unusable ({kinds}): {first}{more}; "
             f"{len(skipped):,} of {n_triplets:,} triplets skipped. Fix: {fix}. {listed}.")
 

@@ -278,7 +278,7 @@ def _train(cfg: TrainConfig, distributed: bool, rank: int, world: int, device: t
         embedder = nn.parallel.DistributedDataParallel(embedder, device_ids=[device.index] if device.type == "cuda" else None)
 
     state = {"epoch": 0, "step": 0, "best_val": -1.0, "best_epoch": -1, "bad_epochs": 0, "train_seconds": 0.0,
-             "epoch_seconds": 0.0, "triplets_seen": 0}
+             "train_cpu_seconds": 0.0, "epoch_seconds": 0.0, "triplets_seen": 0}
     baseline: Dict[str, Any] = {}
     if resuming:
         ckpt = torch.load(last, map_location="cpu", weights_only=False)
@@ -289,7 +289,7 @@ def _train(cfg: TrainConfig, distributed: bool, rank: int, world: int, device: t
         scaler.load_state_dict(ckpt["scaler"])
         if scheduler is not None:
             scheduler.load_state_dict(ckpt["scheduler"])
-        state, baseline = {"epoch_seconds": 0.0, **ckpt["state"]}, ckpt["baseline"]
+        state, baseline = {"epoch_seconds": 0.0, "train_cpu_seconds": 0.0, **ckpt["state"]}, ckpt["baseline"]
         _set_rng_state(ckpt["rng"])
         log.write(event="resume", epoch=state["epoch"], step=state["step"])
     else:
@@ -322,10 +322,10 @@ def _train(cfg: TrainConfig, distributed: bool, rank: int, world: int, device: t
         metric.train()
         if cfg.bn == "frozen":
             _freeze_bn(metric)
-        t0, losses, step_seconds = time.time(), [], 0.0
+        t0, losses, step_seconds, cpu_seconds = time.time(), [], 0.0, 0.0
         bar = tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", disable=not (main and cfg.progress))
         for idx in bar:
-            s0 = time.perf_counter()
+            s0, c0 = time.perf_counter(), time.process_time()
             x = data.train.uint8_batch(idx)
             flip = (torch.rand(x.shape[0], generator=flips) < cfg.hflip).to(x.device)
             x = torch.where(flip[:, None, None, None, None], x.flip(-1), x)
@@ -334,6 +334,7 @@ def _train(cfg: TrainConfig, distributed: bool, rank: int, world: int, device: t
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             step_seconds += time.perf_counter() - s0
+            cpu_seconds += time.process_time() - c0
             state["step"] += 1
             state["triplets_seen"] += x.shape[0] * world
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
@@ -344,6 +345,7 @@ def _train(cfg: TrainConfig, distributed: bool, rank: int, world: int, device: t
                 stop = True
                 break
         state["train_seconds"] += step_seconds
+        state["train_cpu_seconds"] += cpu_seconds
         if scheduler is not None:
             scheduler.step()
         state["epoch"] = epoch
@@ -476,7 +478,8 @@ def _finish(cfg, data, device, state, baseline, out, fields, init_spec, started,
     summary = {"name": final["name"], "out": str(out), "signature": signature, "improved": improved, "outcome": outcome,
                "scores": scores, "counts": _counts(data), "recipe": cfg.recipe,
                "best_epoch": state["best_epoch"], "epochs_run": state["epoch"], "steps": state["step"],
-               "train_seconds": round(state["train_seconds"], 2), "epoch_seconds": round(state["epoch_seconds"], 2),
+               "train_seconds": round(state["train_seconds"], 2), "train_cpu_seconds": round(state["train_cpu_seconds"], 2),
+               "epoch_seconds": round(state["epoch_seconds"], 2),
                "wall_seconds": round(time.time() - started, 2),
                "train_triplets_per_s": round(state["triplets_seen"] / max(state["train_seconds"], 1e-9), 3),
                "epoch_triplets_per_s": round(state["triplets_seen"] / max(state["epoch_seconds"], 1e-9), 3),

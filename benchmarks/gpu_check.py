@@ -121,15 +121,19 @@ def part_training(ckpt: str, batch: int, steps: int, device, with_compile: bool,
         scaler = torch.amp.GradScaler("cuda", enabled=var["amp"] == torch.float16)
         x = torch.randint(0, 256, (batch, 3, 3, 112, 112), dtype=torch.uint8,
                           generator=torch.Generator().manual_seed(0)).to(device)
-        t = _timed_steps(lambda: train_step(embedder, x, opt, scaler, 0.1, batch, var["amp"]), sync,
-                         warmup=3, steps=steps)
+        try:
+            t = _timed_steps(lambda: train_step(embedder, x, opt, scaler, 0.1, batch, var["amp"]), sync,
+                             warmup=3, steps=steps)
+        except Exception as exc:  # e.g. torch.compile unavailable: reported, the other variants stand
+            rows.append({"variant": var["name"], "error": f"{type(exc).__name__}: {exc}"[:200]})
+            continue
         rows.append({"variant": var["name"], "batch_triplets": batch, "triplets_per_s": round(batch / t["step_s"], 1),
                      "ms_per_step": round(t["step_s"] * 1e3, 2), "warmup_s": round(t["warmup_s"], 1)})
         del metric, embedder, opt
         if device.type == "cuda":
             torch.cuda.empty_cache()
     verdict = None
-    if with_compile and len(rows) >= 2:
+    if with_compile and len(rows) >= 2 and "error" not in rows[-1] and "error" not in rows[-2]:
         eager, compiled = rows[-2], rows[-1]
         saved = 30 * epoch_steps * (eager["ms_per_step"] - compiled["ms_per_step"]) / 1e3
         extra = compiled["warmup_s"] - eager["warmup_s"]
@@ -250,7 +254,7 @@ def part_epoch(ckpt: str, n: int, unanimous: int, batch: int, device, tmp: Path,
 def _table(rows: List[Dict[str, Any]]) -> List[str]:
     if not rows:
         return ["(nothing measured)"]
-    keys = list(rows[0])
+    keys = list(dict.fromkeys(k for r in rows for k in r))
     return ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys),
             *["| " + " | ".join(str(r.get(k, "")) for k in keys) + " |" for r in rows]]
 

@@ -369,7 +369,7 @@ def _warn_small_validation(n: int) -> None:
     if 0 < n < 50:
         half = 1.96 * 0.5 / np.sqrt(n)
         warnings.warn(f"validation has only {n} unanimous triplets (95% CI up to +-{half:.2f}): the best epoch is "
-                      "chosen on noise; add judged triplets or raise --val-fraction / --val-holdout", stacklevel=3)
+                      "chosen on noise; add judged triplets or raise --val-fraction / --val-holdout", stacklevel=4)
 
 
 def _mean(entry: Optional[Dict[str, Any]]) -> Optional[float]:

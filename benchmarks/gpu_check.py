@@ -129,7 +129,6 @@ def part_training(ckpt: str, batch: int, steps: int, device, with_compile: bool,
             continue
         rows.append({"variant": var["name"], "batch_triplets": batch, "triplets_per_s": round(batch / t["step_s"], 1),
                      "ms_per_step": round(t["step_s"] * 1e3, 2), "warmup_s": round(t["warmup_s"], 1)})
-        del metric, embedder, opt
         if device.type == "cuda":
             torch.cuda.empty_cache()
     verdict = None

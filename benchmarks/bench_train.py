@@ -96,7 +96,9 @@ def run(quick: bool = False, reps: int = 3, backbones: Tuple[str, ...] = BACKBON
     rows: List[Dict[str, object]] = []
     for label, source in metric_sources(backbones):
         for bn in ("frozen", "train"):
-            micro = micro_batch_size(bn, device, batch)
+            import perface
+
+            micro = micro_batch_size(bn, device, batch, perface.PerFace(source).net)
             got: Dict[str, List[float]] = {k: [] for k in ("bound", "bound_cpu", "loop", "loop_cpu", "epoch", "full",
                                                             "full_cpu")}
             for rep in range(reps):  # interleaved: each repetition measures every variant once

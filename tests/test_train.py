@@ -218,6 +218,21 @@ def test_micro_batches_give_the_full_batch_gradient():
     assert torch.allclose(full, parts, rtol=1e-3, atol=1e-6)
 
 
+def test_micro_batches_only_where_they_pay():
+    """CPU + frozen BatchNorm + a backbone that asks for small CPU batches (SFace): micro-batches;
+    BatchNorm in training mode, a GPU, or a backbone without ``cpu_chunk`` (iresnet50): whole batches."""
+    import perface
+    from perface.archs import build_backbone
+    from perface.train.trainer import micro_batch_size
+
+    sface, r50 = perface.PerFace("sface").net, build_backbone("iresnet50")
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert micro_batch_size("frozen", cpu, 32, sface) < 32
+    assert micro_batch_size("train", cpu, 32, sface) == 32
+    assert micro_batch_size("frozen", gpu, 32, sface) == 32
+    assert micro_batch_size("frozen", cpu, 32, r50) == 32
+
+
 @pytest.mark.slow
 def test_default_flags_learn_on_held_out_people(tmp_path, faces_dir):
     """The generated-set proof of docs/training.md, one seed: default flags gain >= 0.15 held-out

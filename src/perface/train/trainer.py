@@ -8,10 +8,11 @@ holds everything needed to resume (model, optimizer, epoch, RNG states). Resumin
 epoch after the last completed one. Every file is written atomically (:mod:`perface._io`), and a
 lock keeps a second run from writing into the same output directory at the same time.
 
-On the CPU with BatchNorm frozen, each batch runs as micro-batches of a few triplets whose
-gradients add up to the full batch's (the loss is a mean over independent triplets): the
-activations of a small micro-batch stay in cache and in malloc's heap, which makes the step
-several times faster than one pass over 3 x 32 images (``benchmarks/bench_train.py``).
+On the CPU with BatchNorm frozen, a backbone that runs faster in small batches (SFace) takes
+each batch as micro-batches of a few triplets whose gradients add up to the full batch's (the
+loss is a mean over independent triplets): the activations of a small micro-batch stay in
+cache and in malloc's heap, which makes SFace's step 2.8 times faster than one pass over
+3 x 32 images (``benchmarks/bench_train.py``).
 """
 
 from __future__ import annotations
@@ -173,11 +174,13 @@ def _freeze_bn(module: nn.Module) -> None:
             m.eval()
 
 
-def micro_batch_size(bn: str, device: torch.device, batch_size: int) -> int:
+def micro_batch_size(bn: str, device: torch.device, batch_size: int, net: nn.Module) -> int:
     """Triplets per forward/backward pass: the whole batch, except on the CPU with frozen
-    BatchNorm, where :data:`CPU_MICRO_BATCH` triplets at a time give the same gradient faster
-    (with BatchNorm in training mode the batch statistics need the whole batch at once)."""
-    if device.type == "cpu" and bn == "frozen":
+    BatchNorm for a backbone that runs faster in small CPU batches (one with a ``cpu_chunk``,
+    e.g. SFace), where :data:`CPU_MICRO_BATCH` triplets at a time give the same gradient faster.
+    With BatchNorm in training mode the batch statistics need the whole batch at once; the
+    compute-bound iresnet50 gains nothing from micro-batches (``benchmarks/bench_train.py``)."""
+    if device.type == "cpu" and bn == "frozen" and getattr(net, "cpu_chunk", None):
         return min(batch_size, CPU_MICRO_BATCH)
     return batch_size
 
@@ -307,7 +310,7 @@ def _train(cfg: TrainConfig, distributed: bool, rank: int, world: int, device: t
         state["best_val"], state["best_epoch"] = _mean(baseline.get("val")) if baseline.get("val") else -1.0, 0
 
     sampler = DistributedSampler(data.train, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed, drop_last=False)
-    micro = micro_batch_size(cfg.bn, device, cfg.batch_size)
+    micro = micro_batch_size(cfg.bn, device, cfg.batch_size, metric.net)
     from tqdm.auto import tqdm
 
     stop = False

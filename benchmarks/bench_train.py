@@ -1,75 +1,142 @@
-"""Training throughput (triplets/s) of the PerFace recipe on a synthetic batch.
+"""Training throughput (triplets/s): the training loop beside the forward+backward bound of the same step.
 
-One step = embed reference, positive and negative crops (3B aligned 112 crops) with every layer
-trainable, the triplet loss max(0, cos(r, n) - cos(r, p) + 0.1), backward, SGD (lr 0.01, momentum
-0.9, weight decay 5e-4). sface from its embedded weights, iresnet50 with random weights (same
-compute). Peak memory: CUDA allocator peak, or the process's max RSS on CPU.
+For each backbone and BatchNorm policy, in one process and interleaved (so both numbers see the
+same machine load), repeated ``--reps`` times, medians reported:
+
+- ``bound``: ``perface.train.trainer.train_step`` (embed reference, positive and negative, the
+  triplet loss, backward, SGD with lr 0.01 / momentum 0.9 / weight decay 5e-4) again and again
+  on one batch already in memory: what the network alone allows;
+- ``loop``: ``perface.train.trainer.train`` on a SimCelebA-format folder of JPEG crops
+  (decoding, batching, augmentation, logging, the step), timed over its optimizer steps, and
+  ``loop+val`` with its per-epoch validation and checkpoint writing included;
+- ``full batch``: the same step as one pass over 3 x batch images, as training ran before
+  micro-batching (frozen BatchNorm only; with BatchNorm in training mode it is the only way).
+
+sface from its embedded weights, iresnet50 with random weights (same compute).
 ``python benchmarks/bench_train.py [--quick] [--json OUT]``; ``run(quick)`` for run_all.
 """
 
 from __future__ import annotations
 
-import resource
+import json
+import statistics
 import sys
+import tempfile
+import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from perface.train.loss import triplet_margin_cosine_loss  # noqa: E402
-from _util import bench_main, apply_variant, device_sync, metric_sources, timed, variants  # noqa: E402
+from _util import bench_main, device_sync, metric_sources  # noqa: E402
+from gpu_check import make_simceleba_like  # noqa: E402
 
 BACKBONES = ("sface", "iresnet50")
 
 
-def run(quick: bool = False) -> Dict[str, object]:
-    """Measure and return ``{"title", "rows", "notes"}`` (rows: one dict per configuration)."""
+def make_crops_set(folder: Path, n_train: int, n_val: int) -> Path:
+    """A SimCelebA-format folder of 224 px JPEG crops, all answers unanimous, and its split.json."""
+    make_simceleba_like(folder, n_train + n_val, n_train + n_val)
+    ids = [f"t{i:04d}" for i in range(n_train + n_val)]
+    (folder / "split.json").write_text(json.dumps({"train": ids[:n_train], "val": ids[n_train:], "test": []}))
+    return folder
+
+
+def _bound(source: str, bn: str, batch: int, micro: int, steps: int, device: torch.device) -> Dict[str, float]:
+    """Median wall and CPU seconds per ``train_step`` over ``steps`` steps on one in-memory batch (after one warm-up)."""
     import perface
+    from perface.train.trainer import _Embedder, _freeze_bn, train_step
+
+    metric = perface.PerFace(source, trainable=True, check_range=False).to(device)
+    metric.train()
+    if bn == "frozen":
+        _freeze_bn(metric)
+    x = torch.randint(0, 256, (batch, 3, 3, metric.input_size, metric.input_size), dtype=torch.uint8,
+                      generator=torch.Generator().manual_seed(0)).to(device)
+    opt = torch.optim.SGD([p for p in metric.parameters() if p.requires_grad], lr=0.01, momentum=0.9,
+                          weight_decay=5e-4)
+    scaler = torch.amp.GradScaler("cuda", enabled=False)
+    embedder = _Embedder(metric)
+    sync = device_sync(device)
+    train_step(embedder, x, opt, scaler, 0.1, micro, None)
+    times, cpu = [], []
+    for _ in range(steps):
+        sync()
+        t0, c0 = time.perf_counter(), time.process_time()
+        train_step(embedder, x, opt, scaler, 0.1, micro, None)
+        sync()
+        times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return {"step": statistics.median(times), "cpu": statistics.median(cpu)}
+
+
+def _loop(source: str, bn: str, batch: int, steps: int, data: Path, out: Path) -> Dict[str, float]:
+    """``train()`` for ``steps`` steps: wall and CPU seconds per step in the loop, and per step with validation."""
+    from perface.train.config import TrainConfig
+    from perface.train.trainer import train
+
+    cfg = TrainConfig(data=str(data), out=str(out), split=str(data / "split.json"), init=source, bn=bn,
+                      batch_size=batch, epochs=1, max_steps=steps, patience=0, progress=False, resume=False,
+                      min_val=0, log_every=1)
+    summary = train(cfg)
+    return {"step": summary["train_seconds"] / summary["steps"], "cpu": summary["train_cpu_seconds"] / summary["steps"],
+            "epoch": summary["epoch_seconds"] / summary["steps"]}
+
+
+def run(quick: bool = False, reps: int = 3, backbones: Tuple[str, ...] = BACKBONES) -> Dict[str, object]:
+    """Measure and return ``{"title", "rows", "notes"}`` (rows: one dict per backbone and BatchNorm policy)."""
+    from perface.train.trainer import micro_batch_size
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    sync = device_sync(device)
-    batch = 4 if quick else 32
-    iters, min_s = (2, 0.0) if quick else (3, 3.0)
+    batch, steps, reps = (4, 2, 2) if quick else (32, 3, reps)
+    backbones = backbones[:1] if quick else backbones
+    tmp = Path(tempfile.mkdtemp(prefix="perface-bench-train-"))
+    data = make_crops_set(tmp / "set", n_train=batch * steps, n_val=max(4, batch // 2))
     rows: List[Dict[str, object]] = []
-    notes: List[str] = []
-    g = torch.Generator().manual_seed(0)
-    for label, source in metric_sources(BACKBONES):
-        images = torch.rand(3 * batch, 3, 112, 112, generator=g).to(device)
-        for var in variants(device):
-            metric = perface.PerFace(source, trainable=True).to(device)
-            metric.train()
-            apply_variant(metric, var)
-            if var["channels_last"]:
-                images = images.contiguous(memory_format=torch.channels_last)
-            opt = torch.optim.SGD([p for p in metric.parameters() if p.requires_grad], lr=0.01,
-                                  momentum=0.9, weight_decay=5e-4)
-            scaler = torch.amp.GradScaler(device.type, enabled=var["amp"] == torch.float16)
+    for label, source in metric_sources(backbones):
+        for bn in ("frozen", "train"):
+            import perface
 
-            def step() -> None:
-                opt.zero_grad(set_to_none=True)
-                with torch.autocast(device.type, dtype=var["amp"], enabled=var["amp"] is not None):
-                    emb = metric.embed(images).float()
-                    loss = triplet_margin_cosine_loss(*emb.chunk(3), margin=0.1)
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
-
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats()
-            try:
-                sec = timed(step, warmup=1 if quick else 2, iters=iters, min_seconds=min_s, sync=sync)
-            except Exception as exc:  # reported, not fatal
-                notes.append(f"{label}/{var['name']}: {type(exc).__name__}: {exc}")
-                continue
-            peak = (torch.cuda.max_memory_allocated() if device.type == "cuda"
-                    else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-            rows.append({"backbone": label, "variant": var["name"], "device": device.type,
-                         "threads": torch.get_num_threads(), "batch_triplets": batch,
-                         "triplets_per_s": round(batch / sec, 2), "ms_per_step": round(sec * 1e3, 1),
-                         "peak_mem_mib": round(peak / 2**20)})
-    notes.append("synthetic 112x112 crops; SGD step on all layers; CPU peak memory is the process max RSS so far")
-    return {"title": "Training step", "rows": rows, "notes": notes}
+            micro = micro_batch_size(bn, device, batch, perface.PerFace(source).net)
+            got: Dict[str, List[float]] = {k: [] for k in ("bound", "bound_cpu", "loop", "loop_cpu", "epoch", "full",
+                                                            "full_cpu")}
+            for rep in range(reps):  # interleaved: each repetition measures every variant once
+                bound = _bound(source, bn, batch, micro, steps, device)
+                got["bound"].append(bound["step"])
+                got["bound_cpu"].append(bound["cpu"])
+                loop = _loop(source, bn, batch, steps, data, tmp / f"run-{label}-{bn}-{rep}")
+                got["loop"].append(loop["step"])
+                got["loop_cpu"].append(loop["cpu"])
+                got["epoch"].append(loop["epoch"])
+                if micro < batch:
+                    full = _bound(source, bn, batch, batch, steps, device)
+                    got["full"].append(full["step"])
+                    got["full_cpu"].append(full["cpu"])
+            med = {k: statistics.median(v) for k, v in got.items() if v}
+            rows.append({
+                "backbone": label, "bn": bn, "device": device.type, "threads": torch.get_num_threads(),
+                "batch": batch, "micro_batch": micro,
+                "bound_triplets_s": round(batch / med["bound"], 2),
+                "loop_triplets_s": round(batch / med["loop"], 2),
+                "loop_over_bound": round(med["bound"] / med["loop"], 3),
+                "loop_with_val_triplets_s": round(batch / med["epoch"], 2),
+                "full_batch_triplets_s": round(batch / med["full"], 2) if "full" in med else None,
+                "bound_cpu_ms_per_triplet": round(1e3 * med["bound_cpu"] / batch, 1),
+                "loop_cpu_ms_per_triplet": round(1e3 * med["loop_cpu"] / batch, 1),
+                "loop_over_bound_cpu": round(med["bound_cpu"] / med["loop_cpu"], 3),
+                "full_batch_cpu_ms_per_triplet": round(1e3 * med["full_cpu"] / batch, 1) if "full_cpu" in med else None,
+                "reps": reps,
+            })
+    notes = [f"medians of {reps} interleaved repetitions of {steps} steps each; bound and loop measured in the same "
+             "process one after the other, so both see the same machine load",
+             f"loop: python -m perface.train's train() on {batch * steps} triplets of random 224 px JPEG crops; "
+             "loop+val adds the validation of each epoch and the checkpoint writing (here one short epoch, so its "
+             "share is far larger than in a real run)",
+             "full batch: the step as one pass over 3 x batch images, how training ran before micro-batching",
+             "cpu_ms_per_triplet: CPU time of the process (all its threads) per triplet; on a machine shared with other "
+             "jobs it moves far less than wall time, so compare those columns there"]
+    return {"title": "Training throughput: loop vs forward+backward bound", "rows": rows, "notes": notes}
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import warnings
 from pathlib import Path
@@ -52,18 +53,47 @@ def test_lf_file_reads_the_same(tmp_path):
     assert [t.answers for t in a.triplets] == [t.answers for t in b.triplets]
 
 
-def test_empty_image_skipped_with_one_warning(tmp_path):
+def test_empty_image_skipped_with_one_summary_warning(tmp_path):
     root = _write_simceleba(tmp_path / "s", ["aab", "bbb", "aaa"])
     (root / "t0001_c.jpg").write_bytes(b"")  # like t4963_c.jpg in the public archive
     (root / "t0002_a.jpg").write_bytes(b"not a jpeg")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        data = load_simceleba(root)
+        data = load_simceleba(root, missing_list=tmp_path / "bad.csv")
     assert data.ids == ["t0000"]
     assert data.skipped == ("t0001", "t0002")
+    assert sorted((p.name, why) for p, why in data.unreadable) == [("t0001_c.jpg", "empty"), ("t0002_a.jpg", "not an image")]
     assert len(caught) == 1
     message = str(caught[0].message)
-    assert "t0001_c.jpg" in message and "t0002_a.jpg" in message
+    assert "2 of 9 images" in message and "2 of 3 triplets" in message
+    assert "t0001_c.jpg (empty)" in message and "t0002_a.jpg (not an image)" in message
+    rows = list(csv.DictReader(open(tmp_path / "bad.csv")))
+    assert [(Path(r["path"]).name, r["problem"], r["triplets"]) for r in rows] == [
+        ("t0001_c.jpg", "empty", "t0001"), ("t0002_a.jpg", "not an image", "t0002")]
+
+
+def test_answers_without_images_is_one_short_error_with_the_fix(tmp_path):
+    """SimCelebA's answers file without its images (distributed separately): a short summary, not every path."""
+    from perface.errors import ImageReadError
+
+    root = _write_simceleba(tmp_path / "s", ["aab", "bbb", "aaa"] * 200, images=False)  # 600 triplets
+    with pytest.raises(ImageReadError) as info:
+        load_simceleba(root, missing_list=tmp_path / "missing.csv")
+    message = str(info.value)
+    assert len(message) < 600, message
+    assert "1,800 of 1,800 images unusable (1,800 missing)" in message and "600 of 600 triplets" in message
+    assert "t0000_a.jpg (missing)" in message and "and 1,797 more" in message
+    assert "distributed separately" in message and "docs/reproducing.md" in message
+    assert str(tmp_path / "missing.csv") in message
+    assert len((tmp_path / "missing.csv").read_text().splitlines()) == 1 + 1800
+
+
+def test_generic_csv_missing_images_name_the_csv_folder(tmp_path):
+    Image.new("RGB", (20, 20), "gray").save(tmp_path / "r.png")
+    (tmp_path / "j.csv").write_text("reference,a,b,answer\nr.png,x.png,r.png,a\nr.png,r.png,r.png,b\n")
+    with pytest.warns(UserWarning, match=r"1 of 2 images unusable \(1 missing\): x.png \(missing\).*relative to its folder"):
+        data = load_triplet_csv(tmp_path / "j.csv", images="crops", template="arcface")
+    assert data.ids == ["row3"]
 
 
 def test_bad_answer_names_the_line(tmp_path):
@@ -226,11 +256,11 @@ def test_photo_triplets_are_aligned_once_and_faceless_ones_skipped(tmp_path, fac
             f"noface,{faces_dir / 'obama.jpg'},{tmp_path / 'blank.png'},{faces_dir / 'biden.jpg'},b"]
     (tmp_path / "p.csv").write_text("\n".join(rows) + "\n")
     data = load_triplet_csv(tmp_path / "p.csv")
-    with pytest.warns(UserWarning, match="blank.png"):
+    with pytest.warns(UserWarning, match=r"1 of 4 images unusable \(1 no face\).*blank.png"):
         kept, faces = align_photos(data, template="arcface", size=112, progress=False)
-    assert kept.ids == ["ok"]
+    assert kept.ids == ["ok"] and kept.skipped == ("noface",)
     assert faces[faces_dir / "obama.jpg"].dtype == torch.uint8 and faces[faces_dir / "obama.jpg"].shape == (3, 112, 112)
-    ref, pos, neg = TripletImages(kept, 112, faces)[0]
+    ref, pos, neg = TripletImages.from_set(kept, 112, faces)[0]
     assert ref.shape == (3, 112, 112) and 0.0 <= float(ref.min()) and float(ref.max()) <= 1.0
     assert torch.equal(pos, faces[faces_dir / "obama2.jpg"].float() / 255)
 
@@ -239,3 +269,49 @@ def test_random_split_is_stable_when_a_triplet_is_dropped():
     full = random_split(GRID_IDS, seed=0)
     fewer = random_split([i for i in GRID_IDS if i != "t4963"], seed=0)
     assert len(set(full.test) ^ set(fewer.test)) <= 2  # at most the dropped id and one at the boundary
+
+
+def test_eval_triplets_without_images_exits_1_with_one_line(tmp_path, capsys):
+    """``python -m perface.eval triplets`` on an answers file without its images: exit 1, a short
+    message with the fix, no traceback, the full list only in the file asked for."""
+    from perface.eval.__main__ import main
+
+    root = _write_simceleba(tmp_path / "s", ["aab", "bbb", "aaa"] * 100, images=False)
+    code = main(["triplets", "--data", str(root), "--no-progress", "--missing-list", str(tmp_path / "m.csv")])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "Traceback" not in err and len(err) < 800, err
+    assert "distributed separately" in err and "docs/reproducing.md" in err and "900 of 900 images" in err
+    assert len((tmp_path / "m.csv").read_text().splitlines()) == 1 + 900
+
+
+def test_crop_bank_matches_reading_each_file(tmp_path):
+    """The decoded bank (threads or worker processes) holds what PIL reads from each file, rounded to 8 bits."""
+    import torch
+
+    from perface.train.dataset import ImageBank
+
+    root = _write_simceleba(tmp_path / "s", ["aab", "bbb"])
+    paths = sorted(root.glob("*.jpg"))
+    threads, procs = ImageBank.decode(paths, 32), ImageBank.decode(paths, 32, workers=1)
+    for path in paths:
+        expected = torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1)  # 32 px: no resize
+        assert torch.equal(threads.images[threads.row[path]], expected)
+        assert torch.equal(procs.images[procs.row[path]], expected)
+
+
+def test_top_up_validation_draws_from_training_only_when_needed():
+    from perface.train.splits import Split, top_up_validation
+
+    ids = [f"t{i:04d}" for i in range(200)]
+    split = Split(tuple(ids[:180]), tuple(ids[180:190]), tuple(ids[190:]), "test split")
+    scored = ids[::2]  # every other triplet is unanimous
+    grown = top_up_validation(split, scored, min_val=20, seed=0)
+    moved = set(grown.val) - set(split.val)
+    assert len(moved) == 20 - 5 and moved <= set(scored) and moved <= set(split.train)
+    assert not set(grown.train) & set(grown.val) and grown.test == split.test
+    assert set(grown.train) | set(grown.val) == set(split.train) | set(split.val)
+    assert "15 drawn from its training part" in grown.description
+    capped = top_up_validation(split, scored, min_val=1000, seed=0)
+    assert len(set(capped.val) - set(split.val)) == int(0.2 * 90)  # at most 20% of the scored training triplets
+    assert top_up_validation(split, scored, min_val=5, seed=0) is split

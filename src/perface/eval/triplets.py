@@ -67,21 +67,31 @@ def evaluate_triplets(
     bootstrap: int = 10000,
     seed: int = 0,
     progress: bool = True,
+    missing_list: Optional[Path] = None,
 ) -> List[Dict[str, Any]]:
     """One row per (model, group): accuracy with bootstrap 95% CI over ``triplets``.
 
     ``triplets`` must all have a majority answer (use ``.unanimous_only()`` for the paper's
     protocol). ``groups``: triplet id -> group name; adds a row per group besides ``"all"``.
+    ``num_workers``: processes decoding crops (once per image size). Photos without a usable
+    face are summarized in one warning and listed in ``missing_list`` if given.
     """
     rows = []
+    banks: Dict[int, TripletImages] = {}
     for name in models:
         metric = _load_model(name, triplets.template, align, device)
         data, photos = triplets, None
         if triplets.images == "photos":
-            data, photos = align_photos(triplets, metric.template, metric.input_size, progress=progress)
-        size = 224 if metric.align != "none" else metric.input_size  # converted crops keep their resolution
-        pos, neg = triplet_similarities(metric.embed, TripletImages(data, size, photos), batch_size, num_workers,
-                                        device, progress=progress, desc=f"{metric.name}")
+            data, photos = align_photos(triplets, metric.template, metric.input_size, progress=progress,
+                                        missing_list=missing_list)
+            images = TripletImages.from_set(data, metric.input_size, photos)
+        else:
+            size = 224 if metric.align != "none" else metric.input_size  # converted crops keep their resolution
+            if size not in banks:
+                banks[size] = TripletImages.from_set(data, size, workers=num_workers, progress=progress)
+            images = banks[size]
+        pos, neg = triplet_similarities(metric.embed, images, batch_size, device, progress=progress,
+                                        desc=f"{metric.name}")
         correct = triplet_correct(pos, neg)
         labels = {"all": list(range(len(data)))}
         if groups is not None:
@@ -161,10 +171,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--group-by", metavar="FILE.csv:COLUMN",
                         help="also report accuracy per group of this column (e.g. meta.csv:kind; default: none)")
     parser.add_argument("--bootstrap", type=int, default=10000, help="bootstrap resamples for the 95%% CI")
-    parser.add_argument("--batch-size", type=int, default=64, help="triplets embedded per batch")
-    parser.add_argument("--workers", type=int, default=0,
-                        help="DataLoader worker processes for image loading (0: in the main process)")
-    parser.add_argument("--device", default="auto", help="auto (CUDA when available, else CPU), cpu, cuda, cuda:1 ...")
+    parser.add_argument("--missing-list", metavar="FILE", help="write every missing, empty, unreadable or faceless "
+                        "image to this CSV (path, problem, triplets); the terminal shows counts and the first few")
+    parser.add_argument("--batch-size", type=int, default=64, help="triplets per forward pass")
+    parser.add_argument("--workers", type=int, default=0, help="processes decoding the images (once); 0 = in this "
+                        "process")
+    parser.add_argument("--device", default="auto", help="auto (a GPU if any, else cpu), cpu, cuda, cuda:1 ...")
     parser.add_argument("--format", default="markdown", choices=("markdown", "csv", "json"), help="stdout format")
     parser.add_argument("--output", action="append", default=[], metavar="FILE",
                         help="also write the table to FILE (.md, .csv or .json by its suffix; repeatable; "
@@ -173,7 +185,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    triplets = load_triplets(args.data, args.answers, args.images, args.crop_template).majority_only()
+    triplets = load_triplets(args.data, args.answers, args.images, args.crop_template,
+                             missing_list=args.missing_list).majority_only()
     if args.split:
         split = make_split(triplets.ids, args.split, seed=args.seed, val=args.val_fraction, test=args.test_fraction,
                            holdout=args.holdout, val_holdout=args.val_holdout, layout=args.layout)
@@ -188,7 +201,8 @@ def run(args: argparse.Namespace) -> int:
         if Path(out).suffix.lower() not in suffixes:
             raise ValueError(f"--output {out}: use a .md, .csv or .json file name")
     rows = evaluate_triplets(args.models or ["sface"], triplets, args.align, _groups(args.group_by), args.batch_size,
-                             args.workers, resolve_device(args.device), args.bootstrap, args.seed, not args.quiet)
+                             args.workers, resolve_device(args.device), args.bootstrap, args.seed, not args.quiet,
+                             args.missing_list)
     warn_small(rows)
     print(format_table(rows, args.format), end="")
     for out in args.output:

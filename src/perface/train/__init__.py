@@ -3,13 +3,16 @@
 ``python -m perface.train --data DIR --out DIR`` trains; ``python -m perface.train.synthetic``
 writes a generated triplet set in SimCelebA's format. The pieces, each in its own module:
 
-- :mod:`.data`: triplet sets (SimCelebA folders, generic CSVs), majority / unanimous answers;
-- :mod:`.splits`: random and identity-disjoint (grid protocol) splits;
-- :mod:`.dataset`: images of a triplet set as tensors;
+- :mod:`.config`: every knob, and the two recipes (``default`` for small sets, ``paper``);
+- :mod:`.data`: triplet sets (SimCelebA folders, generic CSVs), majority / unanimous answers,
+  and the one-line summary of missing or unusable images;
+- :mod:`.splits`: random and identity-disjoint (grid protocol) splits, validation top-up;
+- :mod:`.dataset`: every image of a set decoded once (an image bank), triplets as tensors;
 - :mod:`.loss`: the cosine triplet margin loss;
 - :mod:`.evaluate`: triplet accuracy of a model;
-- :mod:`.trainer`: the training loop (DDP, AMP, resume, early stopping);
-- :mod:`.output`: the trained checkpoint directory and its model card.
+- :mod:`.trainer`: the training loop (DDP, AMP, CPU micro-batches, resume, early stopping);
+- :mod:`.output`: the trained checkpoint directory and its model card;
+- :mod:`.synthetic`: generated triplet sets (the proof that training learns).
 """
 
 from .loss import triplet_margin_cosine_loss

@@ -33,6 +33,9 @@ __all__ = [
     "load_triplet_csv",
     "load_triplets",
     "find_unreadable",
+    "drop_failed",
+    "describe_failures",
+    "write_failure_list",
     "SIMCELEBA_TEMPLATE",
 ]
 
@@ -89,6 +92,8 @@ class TripletSet:
 
     ``images``: ``"crops"`` (already aligned to ``template``, only resized) or ``"photos"``
     (detected and aligned on load). ``sha256``: hash of the answers file, for model cards.
+    ``skipped``: ids of triplets left out because an image was unusable; ``unreadable``: those
+    images as ``(path, problem)``, e.g. ``"missing"``, ``"empty"``, ``"not an image"``, ``"no face"``.
     """
 
     triplets: Tuple[Triplet, ...]
@@ -97,6 +102,7 @@ class TripletSet:
     source: str
     sha256: str
     skipped: Tuple[str, ...] = field(default=())
+    unreadable: Tuple[Tuple[Path, str], ...] = field(default=())
 
     def __len__(self) -> int:
         return len(self.triplets)
@@ -143,45 +149,139 @@ def _read_rows(path: Path) -> Tuple[List[str], List[Dict[str, str]]]:
     return header, rows
 
 
-def find_unreadable(paths: Iterable[Path]) -> List[Path]:
-    """The paths that are missing, empty (0 bytes) or not an image PIL can identify."""
+def find_unreadable(paths: Iterable[Path]) -> List[Tuple[Path, str]]:
+    """``(path, problem)`` for each path that is ``"missing"``, ``"empty"`` (0 bytes) or ``"not an
+    image"`` (PIL cannot identify it; only the header is read)."""
     from PIL import Image, UnidentifiedImageError
 
     bad = []
     for path in paths:
         try:
             if path.stat().st_size == 0:
-                bad.append(path)
+                bad.append((path, "empty"))
                 continue
             with Image.open(path) as im:
                 im.size  # noqa: B018 - reads the header only
+        except FileNotFoundError:
+            bad.append((path, "missing"))
         except (OSError, UnidentifiedImageError):
-            bad.append(path)
+            bad.append((path, "not an image"))
     return bad
 
 
-def _drop_unreadable(triplets: List[Triplet], what: str) -> Tuple[List[Triplet], Tuple[str, ...]]:
-    bad = set(find_unreadable(sorted({p for t in triplets for p in t.paths})))
-    if not bad:
-        return triplets, ()
-    skipped = tuple(t.id for t in triplets if bad.intersection(t.paths))
-    warnings.warn(
-        f"{what}: skipped {len(skipped)} triplet(s) with {len(bad)} missing, empty or unreadable image(s): "
-        + ", ".join(str(p) for p in sorted(bad)) + f" (triplets {', '.join(skipped)})",
-        stacklevel=3,
-    )
-    dropped = set(skipped)
-    return [t for t in triplets if t.id not in dropped], skipped
+def _fix_hint(triplets: "TripletSet", failed: Sequence[Tuple[Path, str]], n_images: int) -> str:
+    """What to do about the ``failed`` images of ``triplets``."""
+    missing = sum(why == "missing" for _, why in failed)
+    if triplets.template == SIMCELEBA_TEMPLATE and triplets.images == "crops" and triplets.triplets:
+        folder = triplets.triplets[0].reference.parent
+        if missing * 2 >= n_images:
+            return (f"SimCelebA's images are distributed separately from its answers file: put the "
+                    f"t####_{{a,b,c}}.jpg crops into {folder} (see docs/reproducing.md)")
+        return ("copy or extract the listed files again (the public SimCelebA archive's empty t4963_c.jpg "
+                "is expected and costs one triplet)")
+    if missing:
+        return (f"image paths in {triplets.source} are relative to its folder ({Path(triplets.source).parent}) "
+                "unless absolute: check them")
+    return "replace the listed files with readable images"
+
+
+def describe_failures(
+    source: str,
+    failed: Sequence[Tuple[Path, str]],
+    n_images: int,
+    skipped: Sequence[str],
+    n_triplets: int,
+    fix: str,
+    missing_list: Optional[PathLike] = None,
+    shown: int = 3,
+) -> str:
+    """One line about images that could not be used: counts by problem, the first ``shown``
+    names, the triplets skipped, ``fix``, and where the full list is (``missing_list``)."""
+    from collections import Counter
+
+    base = Path(source).parent
+    counts = Counter(why for _, why in failed)
+    kinds = ", ".join(f"{n:,} {why}" for why, n in counts.most_common())
+
+    def name(path: Path) -> str:
+        try:
+            return str(path.relative_to(base))
+        except ValueError:
+            return str(path)
+
+    first = ", ".join(f"{name(p)} ({why})" for p, why in failed[:shown])
+    more = f" and {len(failed) - shown:,} more" if len(failed) > shown else ""
+    listed = (f"Full list in {missing_list}" if missing_list is not None
+              else "Write the full list with --missing-list FILE (or read the set's .unreadable)")
+    return (f"{source}: {len(failed):,} of {n_images:,} images unusable ({kinds}): {first}{more}; "
+            f"{len(skipped):,} of {n_triplets:,} triplets skipped. Fix: {fix}. {listed}.")
+
+
+def write_failure_list(path: PathLike, failed: Sequence[Tuple[Path, str]], triplets: Sequence[Triplet]) -> Path:
+    """CSV ``path,problem,triplets`` (one row per unusable image; triplet ids space-separated)."""
+    import io
+
+    from .._io import atomic_write_text
+
+    users: Dict[Path, List[str]] = {}
+    for t in triplets:
+        for p in set(t.paths):
+            users.setdefault(p, []).append(t.id)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["path", "problem", "triplets"])
+    writer.writerows([str(p), why, " ".join(users.get(p, []))] for p, why in failed)
+    return atomic_write_text(path, buf.getvalue())
+
+
+def drop_failed(
+    triplets: "TripletSet", failed: Sequence[Tuple[Path, str]], fix: Optional[str] = None,
+    missing_list: Optional[PathLike] = None, n_images: Optional[int] = None,
+) -> "TripletSet":
+    """``triplets`` without those using a ``failed`` image; ``failed`` is added to ``.unreadable``.
+
+    All failures so far are written to ``missing_list`` (if given). Some triplets left: one
+    summary warning (:func:`describe_failures`). None left: :class:`~perface.ImageReadError`
+    with the same summary.
+    """
+    from ..errors import ImageReadError
+
+    if not failed:
+        return triplets
+    bad = {p for p, _ in failed}
+    every = triplets.unreadable + tuple(failed)
+    if missing_list is not None:
+        write_failure_list(missing_list, every, triplets.triplets)
+    skipped = tuple(t.id for t in triplets.triplets if bad.intersection(t.paths))
+    kept = tuple(t for t in triplets.triplets if not bad.intersection(t.paths))
+    images = n_images if n_images is not None else len({p for t in triplets.triplets for p in t.paths})
+    message = describe_failures(triplets.source, failed, images, skipped, len(triplets),
+                                fix or _fix_hint(triplets, failed, images), missing_list)
+    if not kept:
+        raise ImageReadError(message)
+    warnings.warn(message, stacklevel=3)
+    return replace(triplets, triplets=kept, skipped=triplets.skipped + skipped, unreadable=every)
+
+
+def _checked(triplets: "TripletSet", check_images: bool, missing_list: Optional[PathLike]) -> "TripletSet":
+    if not check_images:
+        return triplets
+    return drop_failed(triplets, find_unreadable(sorted({p for t in triplets.triplets for p in t.paths})),
+                       missing_list=missing_list)
 
 
 def load_simceleba(
-    root: PathLike, answers: Optional[PathLike] = None, check_images: bool = True
+    root: PathLike, answers: Optional[PathLike] = None, check_images: bool = True,
+    missing_list: Optional[PathLike] = None,
 ) -> TripletSet:
     """SimCelebA (or a set in its format) from folder ``root``.
 
     ``answers`` defaults to ``root/triplet_answers.csv``. Triplets whose images are missing, empty
-    or unreadable are skipped with one warning listing them (``check_images=False`` skips the
-    check, e.g. to inspect the answers without the images).
+    or unreadable are skipped with one summary warning (counts, the first few files, the fix);
+    ``missing_list``: also write every such image to this CSV (``path,problem,triplets``).
+    Raises :class:`~perface.ImageReadError` when no triplet has all three images (e.g. the
+    answers file without the images, which SimCelebA distributes separately).
+    ``check_images=False`` skips the check, e.g. to inspect the answers without the images.
     """
     root = Path(root)
     answers_path = Path(answers) if answers is not None else root / "triplet_answers.csv"
@@ -199,19 +299,19 @@ def load_simceleba(
         where = f"{answers_path}, line {line}"
         votes = tuple(a for a in (_answer(row[c] or "", where) for c in answer_cols) if a is not None)
         triplets.append(Triplet(tid, root / f"{tid}_c.jpg", root / f"{tid}_a.jpg", root / f"{tid}_b.jpg", votes))
-    skipped: Tuple[str, ...] = ()
-    if check_images:
-        triplets, skipped = _drop_unreadable(triplets, str(root))
-    return TripletSet(tuple(triplets), "crops", SIMCELEBA_TEMPLATE, str(answers_path), _sha256(answers_path), skipped)
+    found = TripletSet(tuple(triplets), "crops", SIMCELEBA_TEMPLATE, str(answers_path), _sha256(answers_path))
+    return _checked(found, check_images, missing_list)
 
 
 def load_triplet_csv(
-    path: PathLike, images: str = "photos", template: Optional[str] = None, check_images: bool = True
+    path: PathLike, images: str = "photos", template: Optional[str] = None, check_images: bool = True,
+    missing_list: Optional[PathLike] = None,
 ) -> TripletSet:
     """A generic triplet CSV (see the module docstring).
 
     ``images="photos"``: faces are detected and aligned when loaded. ``images="crops"``: the files
     are face crops aligned to ``template`` (e.g. ``"arcface"``, ``"simceleba"``), only resized.
+    Unusable images: as in :func:`load_simceleba`.
     """
     path = Path(path)
     if images not in ("photos", "crops"):
@@ -234,10 +334,8 @@ def load_triplet_csv(
         triplets.append(Triplet(tid, ref, a, b, votes))
     if len({t.id for t in triplets}) != len(triplets):
         raise ValueError(f"{path}: the 'id' column has duplicates; ids must be unique")
-    skipped: Tuple[str, ...] = ()
-    if check_images:
-        triplets, skipped = _drop_unreadable(triplets, str(path))
-    return TripletSet(tuple(triplets), images, template if images == "crops" else None, str(path), _sha256(path), skipped)
+    found = TripletSet(tuple(triplets), images, template if images == "crops" else None, str(path), _sha256(path))
+    return _checked(found, check_images, missing_list)
 
 
 def load_triplets(
@@ -246,6 +344,7 @@ def load_triplets(
     images: Optional[str] = None,
     template: Optional[str] = None,
     check_images: bool = True,
+    missing_list: Optional[PathLike] = None,
 ) -> TripletSet:
     """A folder in SimCelebA format, or a generic triplet CSV file (chosen by what ``data`` is)."""
     data = Path(data)
@@ -253,9 +352,10 @@ def load_triplets(
         if images not in (None, "crops") or template not in (None, SIMCELEBA_TEMPLATE):
             raise ValueError(f"{data} is a SimCelebA-format folder: its images are crops aligned to the "
                              f"{SIMCELEBA_TEMPLATE!r} template; --images/--template do not apply")
-        return load_simceleba(data, answers, check_images=check_images)
+        return load_simceleba(data, answers, check_images=check_images, missing_list=missing_list)
     if data.suffix.lower() == ".csv":
-        return load_triplet_csv(data, images or "photos", template, check_images=check_images)
+        return load_triplet_csv(data, images or "photos", template, check_images=check_images,
+                                missing_list=missing_list)
     raise FileNotFoundError(f"--data {data}: expected a SimCelebA-format folder or a triplet .csv file")
 
 

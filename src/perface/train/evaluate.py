@@ -6,7 +6,8 @@ from typing import Callable, Tuple
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+
+from .dataset import TripletImages
 
 __all__ = ["triplet_similarities", "triplet_correct"]
 
@@ -16,25 +17,25 @@ Embed = Callable[[torch.Tensor], torch.Tensor]
 @torch.inference_mode()
 def triplet_similarities(
     embed: Embed,
-    dataset: Dataset,
+    data: TripletImages,
     batch_size: int = 64,
-    num_workers: int = 0,
     device: torch.device = torch.device("cpu"),
     progress: bool = False,
     desc: str = "evaluating",
 ) -> Tuple[np.ndarray, np.ndarray]:
-    """``(cos(ref, pos), cos(ref, neg))``, two (N,) arrays, for the (ref, pos, neg) items of ``dataset``.
+    """``(cos(ref, pos), cos(ref, neg))``, two (N,) float64 arrays, for the triplets of ``data``.
 
-    ``embed``: (B, 3, H, W) in [0, 1] -> (B, D) L2-normalized embeddings (e.g. ``PerFace.embed``).
+    ``embed``: (B, 3, H, W) uint8 RGB -> (B, D) L2-normalized embeddings (e.g. ``PerFace.embed``,
+    which accepts uint8 0..255); ``batch_size`` triplets (3 x ``batch_size`` images) per call.
     """
     from tqdm.auto import tqdm
 
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        pin_memory=device.type == "cuda")
     pos, neg = [], []
-    for ref, p, n in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False):
-        b = ref.shape[0]
-        e = embed(torch.cat([ref, p, n]).to(device, non_blocking=True)).float()
+    starts = range(0, len(data), batch_size)
+    for start in tqdm(starts, desc=desc, unit="batch", disable=not progress, leave=False):
+        x = data.uint8_batch(torch.arange(start, min(start + batch_size, len(data))))
+        b = x.shape[0]
+        e = embed(x.transpose(0, 1).reshape(3 * b, *x.shape[2:]).to(device, non_blocking=True)).float()
         pos.append((e[:b] * e[b:2 * b]).sum(1).cpu())
         neg.append((e[:b] * e[2 * b:]).sum(1).cpu())
     if not pos:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional
 
+from .._io import atomic_write_text
 from ..model import PerFace
 from ..pretrained import save_pretrained
 from ..registry import ModelSpec
@@ -18,19 +19,23 @@ __all__ = ["trained_fields", "write_checkpoint", "append_training_card"]
 
 
 def trained_fields(init: ModelSpec, name: str, template: str, trained_on: str, scores: Mapping[str, Any],
-                   license: Optional[str] = None) -> Dict[str, Any]:
-    """Spec fields of a checkpoint fine-tuned from ``init`` on triplet judgments (``perceptual=True``).
+                   license: Optional[str] = None, improved: bool = True) -> Dict[str, Any]:
+    """Spec fields of a checkpoint fine-tuned from ``init`` on triplet judgments.
 
-    ``license`` defaults to the initialization's (the weights derive from it); the card adds
-    the PerFace citation for perceptual checkpoints, ``citation`` keeps the initialization's.
+    ``improved=False`` when training did not beat the initialization: the weights are then the
+    initialization's, and they are perceptual only if the initialization was. ``license`` defaults to
+    the initialization's (the weights derive from it); ``citation`` keeps the initialization's.
     """
+    description = (f"Perceptual face similarity fine-tuned from {init.name!r} on human triplet judgments "
+                   "with the PerFace recipe (cosine triplet margin loss)." if improved else
+                   f"The initialization {init.name!r} unchanged: fine-tuning on triplet judgments did not beat it "
+                   "on validation, so its weights were kept.")
     return {
         "name": name,
         "template": template,
-        "perceptual": True,
+        "perceptual": improved or init.perceptual,
         "trained_on": trained_on,
-        "description": (f"Perceptual face similarity fine-tuned from {init.name!r} on human triplet judgments "
-                        "with the PerFace recipe (cosine triplet margin loss)."),
+        "description": description,
         "license": license or init.license,
         "scores": dict(scores),
         "citation": init.citation,
@@ -50,16 +55,22 @@ def append_training_card(out: Path, info: Dict[str, Any]) -> None:
     """Append how the checkpoint was trained to ``out/README.md``.
 
     ``info`` keys: ``init``, ``data``, ``data_sha256``, ``split``, ``train_set``, ``counts``,
-    ``recipe`` (dict), ``scores`` (label -> ``perface.stats.Estimate.to_dict()``).
+    ``recipe`` (dict), ``outcome`` (one sentence: did training beat the initialization?),
+    ``validation`` (its size and origin), ``signature`` (metric signature of the written
+    checkpoint), ``scores`` (label -> ``perface.stats.Estimate.to_dict()``). Written atomically.
     """
     lines = [
         "",
         "## Training (python -m perface.train)",
         "",
+        f"**Outcome:** {info['outcome']}.",
+        "",
+        f"- Metric signature: `{info['signature']}`",
         f"- Initialization: `{info['init']}`",
         f"- Data: `{info['data']}` (answers file sha256 `{info['data_sha256']}`)",
         f"- Split: {info['split']}",
         f"- Training set: {info['train_set']}",
+        f"- Validation: {info['validation']}",
         "- Triplets: " + ", ".join(f"{k} {v}" for k, v in info["counts"].items()),
         "",
         "| setting | value |",
@@ -77,4 +88,4 @@ def append_training_card(out: Path, info: Dict[str, Any]) -> None:
         "",
     ]
     card = out / "README.md"
-    card.write_text(card.read_text(encoding="utf-8").rstrip("\n") + "\n" + "\n".join(lines), encoding="utf-8")
+    atomic_write_text(card, card.read_text(encoding="utf-8").rstrip("\n") + "\n" + "\n".join(lines))

@@ -32,7 +32,7 @@ import numpy as np
 
 from .data import grid_ids
 
-__all__ = ["Split", "PROTOCOLS", "random_split", "protocol_split", "load_split_file", "make_split"]
+__all__ = ["Split", "PROTOCOLS", "random_split", "protocol_split", "load_split_file", "make_split", "top_up_validation"]
 
 PROTOCOLS = ("unseen", "seen-source", "seen-target")
 LAYOUTS = ("target-major", "source-major")
@@ -144,3 +144,30 @@ def make_split(
     if split.endswith(".json"):
         return load_split_file(Path(split), ids)
     raise ValueError(f"--split must be 'random', one of {PROTOCOLS} or a .json split file, got {split!r}")
+
+
+def top_up_validation(split: Split, scored: Sequence[str], min_val: int, seed: int = 0,
+                      max_share: float = 0.2) -> Split:
+    """Move training triplets to validation until it holds ``min_val`` scored triplets.
+
+    ``scored``: the ids validation scores (the unanimous ones). The protocols can leave only a
+    handful of validation triplets (e.g. 16 unanimous ones for ``unseen`` on SimCelebA), too few
+    to choose an epoch; the ones moved are drawn (seeded, by id hash as in :func:`random_split`)
+    from the scored training triplets, at most ``max_share`` of them, and the description says
+    how many. Returns ``split`` unchanged when its validation part is large enough.
+    """
+    keep = set(scored)
+    have = sum(t in keep for t in split.val)
+    candidates = [t for t in split.train if t in keep]
+    take = min(max(0, min_val - have), int(max_share * len(candidates)))
+    if take <= 0:
+        return split
+    order = sorted(candidates, key=lambda t: hashlib.sha256(f"val:{seed}:{t}".encode()).hexdigest())
+    moved = set(order[:take]) | set(split.val)
+    return Split(
+        train=tuple(t for t in split.train if t not in moved),
+        val=tuple(t for t in split.train + split.val if t in moved),
+        test=split.test,
+        description=(f"{split.description}; validation: {have} triplets of the split's own plus {take} drawn "
+                     f"from its training part (seed {seed})"),
+    )

@@ -36,10 +36,12 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import math
 import re
 import sys
+import warnings
 from dataclasses import dataclass
 from itertools import combinations, product
 from pathlib import Path
@@ -48,6 +50,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from .._io import atomic_write, atomic_write_text
+from ..commands import add_quiet, make_parser, run_command
 
 __all__ = ["Appearance", "generate", "main"]
 
@@ -129,7 +134,7 @@ def load_people(faces: Path, progress: bool = True) -> Dict[str, List[torch.Tens
         try:
             crop = align_faces(path, template=TEMPLATE, size=SIZE)[0]
         except (NoFaceError, ImageReadError) as exc:
-            print(f"skipping {path}: {exc}", file=sys.stderr)
+            warnings.warn(f"skipping {path}: {exc}", stacklevel=2)
             continue
         if any(float((crop - s).abs().mean()) < 0.02 for s in seen):
             continue  # the same photo in another file format
@@ -186,7 +191,8 @@ def _render(identity: _Identity, appearance: Appearance, rng: np.random.Generato
 def _save(x: torch.Tensor, path: Path, quality: int) -> None:
     from PIL import Image
 
-    Image.fromarray((x.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(path, quality=quality)
+    image = Image.fromarray((x.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+    atomic_write(path, lambda tmp: image.save(tmp, format="JPEG", quality=quality), durable=False)
 
 
 def generate(
@@ -253,43 +259,60 @@ def generate(
             tid += 1
             bar.update()
     bar.close()
-    with open(out / "triplet_answers.csv", "w", newline="") as fh:
-        writer = csv.writer(fh, lineterminator="\r\n")  # CRLF, like the released SimCelebA file
-        writer.writerow(["tripletId", "ans1", "ans2", "ans3"])
-        writer.writerows(rows)
-    with open(out / "meta.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(meta[0]))
-        writer.writeheader()
-        writer.writerows(meta)
+    answers = io.StringIO()
+    writer = csv.writer(answers, lineterminator="\r\n")  # CRLF, like the released SimCelebA file
+    writer.writerow(["tripletId", "ans1", "ans2", "ans3"])
+    writer.writerows(rows)
+    atomic_write_text(out / "triplet_answers.csv", answers.getvalue())
+    table = io.StringIO()
+    dict_writer = csv.DictWriter(table, fieldnames=list(meta[0]), lineterminator="\n")
+    dict_writer.writeheader()
+    dict_writer.writerows(meta)
+    atomic_write_text(out / "meta.csv", table.getvalue())
     description = (f"synthetic appearance triplets split by identity: train/val from people {train_names} "
                    f"(val: held-out warps), test from held-out people {held}; seed {seed}")
     info = {**split, "description": description, "people": names, "test_people": held,
             "identities": {k: len(v[0]) for k, v in parts.items()}}
-    (out / "split.json").write_text(json.dumps(info, indent=1) + "\n")
+    atomic_write_text(out / "split.json", json.dumps(info, indent=1) + "\n")
     return info
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m perface.train.synthetic", description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--out", required=True, help="output folder (SimCelebA format)")
-    parser.add_argument("--faces", required=True, help="folder of photos of at least 4 people (e.g. ../shared/data/faces)")
-    parser.add_argument("--train", type=int, default=1200, help="training triplets")
-    parser.add_argument("--val", type=int, default=150, help="validation triplets")
-    parser.add_argument("--test", type=int, default=300, help="test triplets (held-out people)")
-    parser.add_argument("--warps", type=int, default=4, help="synthetic identities (face-shape warps) per base")
-    parser.add_argument("--conflict", type=float, default=0.3, help="fraction of identity-conflict triplets")
-    parser.add_argument("--agree", type=float, default=0.2, help="fraction of identity-agree triplets")
-    parser.add_argument("--dissent", type=float, default=0.25, help="fraction with one disagreeing answer")
-    parser.add_argument("--test-people", nargs="+", default=None, help="people held out for test")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+PROG = "python -m perface.train.synthetic"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of ``python -m perface.train.synthetic`` (see :func:`generate`)."""
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder (SimCelebA format)")
+    parser.add_argument("--faces", required=True, metavar="DIR",
+                        help="folder of photos of at least 4 people (e.g. ../shared/data/faces)")
+    parser.add_argument("--train", type=int, default=1200, metavar="N", help="training triplets")
+    parser.add_argument("--val", type=int, default=150, metavar="N", help="validation triplets")
+    parser.add_argument("--test", type=int, default=300, metavar="N", help="test triplets (held-out people)")
+    parser.add_argument("--warps", type=int, default=4, metavar="N", help="synthetic identities (face-shape warps) per base")
+    parser.add_argument("--conflict", type=float, default=0.3, metavar="P", help="fraction of identity-conflict triplets")
+    parser.add_argument("--agree", type=float, default=0.2, metavar="P", help="fraction of identity-agree triplets")
+    parser.add_argument("--dissent", type=float, default=0.25, metavar="P", help="fraction with one disagreeing answer")
+    parser.add_argument("--test-people", nargs="+", default=None, metavar="NAME",
+                        help="people held out for test (default: the second half of the people in name order)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of identities, renderings and answers")
+    add_quiet(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Generate the set the parsed flags describe; returns the exit status."""
     torch.set_num_threads(1)  # many tiny ops: threads only contend
     info = generate(Path(args.out), Path(args.faces), args.train, args.val, args.test, args.warps, args.conflict,
-                    args.agree, args.dissent, args.seed, args.test_people)
+                    args.agree, args.dissent, args.seed, args.test_people, progress=not args.quiet)
     print(f"wrote {sum(len(info[k]) for k in ('train', 'val', 'test'))} triplets to {args.out}: {info['description']}")
     print(f"train: python -m perface.train --data {args.out} --split {Path(args.out) / 'split.json'} --init sface --out OUT")
     return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Entry point of ``python -m perface.train.synthetic``; returns the exit status."""
+    parser = make_parser(PROG, (__doc__ or "").split("\n\n")[0])
+    add_arguments(parser)
+    return run_command(PROG, parser, run, sys.argv[1:] if argv is None else argv)
 
 
 if __name__ == "__main__":

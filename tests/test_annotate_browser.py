@@ -272,11 +272,11 @@ def test_exported_csv_trains_and_evaluates(session, tmp_path):
     run = tmp_path / "run"
     train = subprocess.run([sys.executable, "-m", "perface.train", "--data", str(out), "--out", str(run),
                             "--init", "sface", "--epochs", "1", "--max-steps", "2", "--batch-size", "4",
-                            "--workers", "0", "--no-progress"], capture_output=True, text=True, env=ENV, timeout=900)
+                            "--workers", "0", "--quiet"], capture_output=True, text=True, env=ENV, timeout=900)
     assert train.returncode == 0, train.stderr[-3000:]
     assert (run / "model.safetensors").is_file() and (run / "README.md").is_file()
     evaluated = subprocess.run([sys.executable, "-m", "perface.eval", "triplets", "--data", str(out),
-                                "--model", "sface", "--model", str(run), "--format", "json", "--no-progress",
+                                "--model", "sface", "--model", str(run), "--format", "json", "--quiet",
                                 "--bootstrap", "200"], capture_output=True, text=True, env=ENV, timeout=900)
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     rows = json.loads(evaluated.stdout)

@@ -277,7 +277,7 @@ def test_eval_triplets_without_images_exits_1_with_one_line(tmp_path, capsys):
     from perface.eval.__main__ import main
 
     root = _write_simceleba(tmp_path / "s", ["aab", "bbb", "aaa"] * 100, images=False)
-    code = main(["triplets", "--data", str(root), "--no-progress", "--missing-list", str(tmp_path / "m.csv")])
+    code = main(["triplets", "--data", str(root), "--quiet", "--missing-list", str(tmp_path / "m.csv")])
     err = capsys.readouterr().err
     assert code == 1
     assert "Traceback" not in err and len(err) < 800, err

@@ -105,17 +105,19 @@ def test_shipped_set_matches_the_shared_photos_and_the_pinned_weights(faces_dir)
 
 @pytest.mark.slow
 def test_shipped_set_is_what_the_pipeline_measures_today(faces_dir, metric):
-    """Recompute every pair from the shared photos: the shipped numbers are not stale. With the
-    duplicate kept, the extremes are those measured independently in issue 12 ("different people
-    reach 0.266 and the same person drops to 0.653") and obama/obama2 is the README demo's 0.750."""
+    """Recompute every pair from the shared photos: the shipped numbers are not stale (to 0.005).
+    With the duplicate kept, the extremes are near those measured independently in issue 12 on
+    0.1.0's pipeline ("different people reach 0.266 and the same person drops to 0.653") and
+    obama/obama2 near the 0.1.0 README demo's 0.750: issue 10's supersampled warp moved single
+    pairs by up to 0.009 (0.266 -> 0.259, 0.750 -> 0.755), hence 0.01."""
     tool = _tool()
     files = sorted(p for p in faces_dir.iterdir() if p.suffix in (".jpg", ".png"))
     people = [tool.person_of(f.name, [tuple(p.split("=")) for p in tool.DEFAULT_PEOPLE]) for f in files]
     everything = compute_reference(files, people, metric, name="all", description="")
-    assert max(everything.values(False)) == pytest.approx(0.266, abs=0.002)
-    assert min(everything.values(True)) == pytest.approx(0.653, abs=0.002)
+    assert max(everything.values(False)) == pytest.approx(0.266, abs=0.01)
+    assert min(everything.values(True)) == pytest.approx(0.653, abs=0.01)
     measured = {(p.a, p.b): p.similarity for p in everything.pairs}
-    assert measured[("obama.jpg", "obama2.jpg")] == pytest.approx(0.750, abs=0.001)
+    assert measured[("obama.jpg", "obama2.jpg")] == pytest.approx(0.750, abs=0.01)
     shipped = load_reference("sface")
     for pair in shipped.pairs:
         assert measured[(pair.a, pair.b)] == pytest.approx(pair.similarity, abs=0.005), (pair.a, pair.b)

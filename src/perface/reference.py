@@ -7,8 +7,8 @@ A *reference set* is a small, named set of real photos of known people. For each
 photo list and the metric signature, in ``perface/data/reference_<model>.json``.
 :func:`reading` then places a value among those pairs; for ``sface``, ``str(reading(0.75))`` is
 
-    0.750: above all 15 different-person pairs (highest 0.263); below 2 and equal to 1 of 6
-    same-person pairs (0.655 to 0.931). Reference set 'shared-faces-v1': 21 pairs of 7 photos
+    0.750: above all 15 different-person pairs (highest 0.259); below 3 of 6 same-person
+    pairs (0.653 to 0.922). Reference set 'shared-faces-v1': 21 pairs of 7 photos
     of 4 people, model sface@0f0fbaa2; too few to calibrate a threshold.
 
 The set shipped today is tiny (7 photos, 4 people, 21 pairs): a reading says where a value sits

@@ -7,9 +7,11 @@
 Each round runs, on the same photos (``../shared/data/faces``) and the same number of CPU threads:
 
 - **perface** (this checkout): ``perface.embedding.embed`` over all photos, end to end (what a
-  user gets), then once more stage by stage: ``decode`` (``Photo.pixels`` at the coarse
-  detection scale), ``detect`` (``find_faces``), ``align`` (``crop_faces``, incl. a finer decode
-  when the face needs one), ``embed`` (``PerFace.embed`` on the crop).
+  user gets: one photo per torch thread, then the faces embedded together), then once more stage
+  by stage, one photo at a time on all threads: ``decode`` (``Photo.pixels`` at the coarse
+  detection scale), ``detect`` (``find_faces`` for the most prominent face, as ``embed`` runs
+  it), ``align`` (``crop_faces``, incl. a finer decode when the face needs one), ``embed`` (the
+  embedding stage of ``embed`` on the one crop).
 - **OpenCV** (the peer): ``cv2.imread``, YuNet at long side 640, ``FaceRecognizerSF.alignCrop``
   and ``.feature`` with the int8 SFace net, in ``benchmarks/_peer_opencv.py``, run by the Python
   of a separate environment (OpenCV 5.0, which facexlib pulls in, rejects that SFace file)::
@@ -67,7 +69,7 @@ torch.set_num_threads(int(sys.argv[1]))
 photos = sys.argv[2:]
 metric = perface.PerFace()
 detector = get_detector("cpu")
-perface.embed_images(photos[:1], metric, progress=False)
+perface.embed_images(photos, metric, progress=False, batch_size=len(photos))  # warm up, as perface's own
 t, c = time.perf_counter(), time.process_time()
 result = perface.embed_images(photos, metric, progress=False, batch_size=len(photos))
 total, cpu = time.perf_counter() - t, time.process_time() - c
@@ -99,7 +101,7 @@ def run_ours(photos: List[Path], metric) -> Dict:
     """One round: end to end, then stage by stage."""
     from perface.alignment import choose_faces, crop_faces
     from perface.detection import MAX_SIDE, find_faces, get_detector
-    from perface.embedding import embed
+    from perface.embedding import _embed_crops, embed
     from perface.imageio import Photo
 
     start, cpu = time.perf_counter(), time.process_time()
@@ -113,12 +115,12 @@ def run_ours(photos: List[Path], metric) -> Dict:
         photo = Photo(path)
         photo.pixels(min(1.0, MAX_SIDE / max(photo.size)))
         t1 = time.perf_counter()
-        faces = find_faces(photo, detector)
+        faces = find_faces(photo, detector, prominent=True)
         t2 = time.perf_counter()
         crop = crop_faces(photo, choose_faces(faces, None, str(path)), metric.template, metric.input_size)
         t3 = time.perf_counter()
         with torch.no_grad():
-            metric.embed(crop, align="none")
+            _embed_crops(metric, crop)
         t4 = time.perf_counter()
         for key, dt in zip(STAGES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
             stages[key] += dt
@@ -241,7 +243,7 @@ def main() -> int:
     args.rounds = 1 if args.quick else args.rounds
     photos = sorted(p for p in args.faces.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     metric = perface.PerFace()
-    run_ours(photos[:2], metric)  # warm up: weights, priors, allocator
+    run_ours(photos, metric)  # warm up: weights, priors of every photo size, allocator
     peer_ok = args.peer_python.is_file()
     if not peer_ok:
         print(f"OpenCV peer skipped: no Python at {args.peer_python}. Create its environment with\n"

@@ -103,3 +103,81 @@ def test_batch_in_batch_out(faces_dir):
     out = perface.detect_faces([faces_dir / "grace_hopper.jpg", torch.full((3, 64, 64), 0.5)])
     assert isinstance(out, list) and len(out) == 2
     assert len(out[0]) == 1 and out[1] == []
+
+
+# ---------------------------------------------------------------- the coarse levels alone
+
+def _network_input(detector, path):
+    image = (perface.load_image(path) * 255).round().to(torch.uint8)
+    return detector.prepare(image.unsqueeze(0))[0]
+
+
+def test_coarse_levels_are_the_whole_networks(faces_dir, detector):
+    """RetinaFaceMobile.coarse gives the whole network's outputs for its two levels (the pyramid
+    runs top-down), and anchors() of those levels are the whole list's tail, on every photo."""
+    from perface.retinaface import anchors
+
+    for path in sorted(faces_dir.glob("*.[jp][pn]g")):
+        batch = _network_input(detector, path)
+        with torch.no_grad():
+            whole = detector.net(batch)
+            coarse, c1, p2 = detector.net.coarse(batch)
+            fine = detector.net.fine(c1, p2)
+        h, w = batch.shape[-2:]
+        finest = fine[0].shape[1]
+        assert finest == len(anchors(h, w, (0,))) == 2 * -(-h // 8) * -(-w // 8)
+        for part, ours, full in zip(("boxes", "scores", "landmarks"), coarse, whole):
+            assert torch.allclose(ours, full[:, finest:], atol=1e-5), (path.name, part)
+        assert torch.equal(anchors(h, w, (1, 2)), anchors(h, w)[finest:])
+
+
+def test_prominent_detection_skips_the_finest_level_and_keeps_the_face(faces_dir, detector, monkeypatch):
+    """With a face of >= PROMINENT_SIDE px the finest level is not run, and the most prominent
+    face is the whole network's (box, score, landmarks) on every shared photo."""
+    from perface.retinaface import RetinaFaceMobile
+
+    expected = {}
+    for path in sorted(faces_dir.glob("*.[jp][pn]g")):
+        expected[path.name] = detector.detect(perface.load_image(path).unsqueeze(0))[0][0]
+
+    def not_run(*args):
+        raise AssertionError("the finest level ran")
+
+    monkeypatch.setattr(RetinaFaceMobile, "fine", not_run)
+    for path in sorted(faces_dir.glob("*.[jp][pn]g")):
+        ours = detector.detect(perface.load_image(path).unsqueeze(0), prominent=True)[0][0]
+        ref = expected[path.name]
+        assert np.abs(ours.landmarks - ref.landmarks).max() < 1e-3, path.name
+        assert np.abs(ours.box - ref.box).max() < 1e-3 and abs(ours.score - ref.score) < 1e-6
+
+
+def _pasted(hopper, sides, canvas=(480, 640)):
+    """Grace Hopper's photo scaled so that her face is each of ``sides`` px wide, pasted left to
+    right on a grey canvas (uint8 (3, H, W)), and where each face went (x offsets)."""
+    face = get_detector().detect(hopper.unsqueeze(0))[0][0]
+    image = torch.full((3, *canvas), 120, dtype=torch.uint8)
+    x, offsets = 10, []
+    for side in sides:
+        scale = side / float(face.box[2] - face.box[0])
+        small = torch.nn.functional.interpolate(hopper[None], scale_factor=scale, mode="area")[0]
+        small = (small * 255).round().to(torch.uint8)
+        image[:, 20:20 + small.shape[1], x:x + small.shape[2]] = small
+        offsets.append(x)
+        x += small.shape[2] + 10
+    return image, offsets
+
+
+def test_prominent_detection_still_finds_small_faces(faces_dir, detector):
+    """A 30 px face alone (only the finest level sees it) is found with prominent=True too, as
+    the whole network finds it; beside a 150 px face it is left out only when prominent=True."""
+    hopper = perface.load_image(faces_dir / "grace_hopper.jpg")
+    alone, _ = _pasted(hopper, [30])
+    whole = detector.detect(alone.unsqueeze(0), 1.0)[0]
+    ours = detector.detect(alone.unsqueeze(0), 1.0, prominent=True)[0]
+    assert len(whole) == len(ours) == 1
+    assert np.abs(ours[0].landmarks - whole[0].landmarks).max() < 1e-3
+    both, offsets = _pasted(hopper, [150, 30])
+    every = detector.detect(both.unsqueeze(0), 1.0)[0]
+    first = detector.detect(both.unsqueeze(0), 1.0, prominent=True)[0]
+    assert len(every) == 2 and every[1].box[0] > offsets[1] - 5  # the small face, where it was pasted
+    assert len(first) == 1 and np.abs(first[0].landmarks - every[0].landmarks).max() < 1e-3

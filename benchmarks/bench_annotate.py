@@ -23,7 +23,6 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Dict, List
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
@@ -43,18 +42,22 @@ def _study(root: Path, n: int) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(rng.integers(0, 255, (224, 224, 3), dtype=np.uint8)).save(path, quality=90)
         images.append(path)
-    write_study(root / "study", random_triplets(images, n, 0), catch_trials(images, n // 10, 0), [root / "faces"],
-                "random", 0)
+    write_study(
+        root / "study", random_triplets(images, n, 0), catch_trials(images, n // 10, 0), [root / "faces"], "random", 0
+    )
     return root / "study"
 
 
-def _percentiles(ms: List[float]) -> Dict[str, float]:
+def _percentiles(ms: list[float]) -> dict[str, float]:
     ms = sorted(ms)
-    return {"p50_ms": round(statistics.median(ms), 2), "p95_ms": round(ms[int(0.95 * (len(ms) - 1))], 2),
-            "max_ms": round(ms[-1], 2)}
+    return {
+        "p50_ms": round(statistics.median(ms), 2),
+        "p95_ms": round(ms[int(0.95 * (len(ms) - 1))], 2),
+        "max_ms": round(ms[-1], 2),
+    }
 
 
-def _annotate(port: int, who: str, out: List[float]) -> None:
+def _annotate(port: int, who: str, out: list[float]) -> None:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     conn.request("GET", f"/api/next?annotator={who}")
     reply = json.loads(conn.getresponse().read())
@@ -81,12 +84,23 @@ def run(quick: bool = False) -> dict:
                 start = time.perf_counter()
                 store.record("r1", f"q{k}", "a", 1000)
                 times.append(1000 * (time.perf_counter() - start))
-        rows.append({"what": "AnswerStore.record (SQLite commit + fsync)", "annotators": 1, "requests": n,
-                     **_percentiles(times), "per_s": round(n / (sum(times) / 1000), 1)})
+        rows.append(
+            {
+                "what": "AnswerStore.record (SQLite commit + fsync)",
+                "annotators": 1,
+                "requests": n,
+                **_percentiles(times),
+                "per_s": round(n / (sum(times) / 1000), 1),
+            }
+        )
         study = _study(root, n)
         env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-        proc = subprocess.Popen([sys.executable, "-m", "perface", "annotate", "serve", str(study), "--port", "0", "-q"],
-                                stdout=subprocess.PIPE, text=True, env=env)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "perface", "annotate", "serve", str(study), "--port", "0", "-q"],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
         try:
             port = None
             for line in proc.stdout:
@@ -96,9 +110,10 @@ def run(quick: bool = False) -> dict:
                     break
             assert port, "server did not start"
             for count in (1, 4):
-                lat: List[List[float]] = [[] for _ in range(count)]
-                threads = [threading.Thread(target=_annotate, args=(port, f"bench{count}x{k}", lat[k]))
-                           for k in range(count)]
+                lat: list[list[float]] = [[] for _ in range(count)]
+                threads = [
+                    threading.Thread(target=_annotate, args=(port, f"bench{count}x{k}", lat[k])) for k in range(count)
+                ]
                 start = time.perf_counter()
                 for t in threads:
                     t.start()
@@ -106,8 +121,15 @@ def run(quick: bool = False) -> dict:
                     t.join()
                 wall = time.perf_counter() - start
                 flat = [x for part in lat for x in part]
-                rows.append({"what": "POST /api/answer (store + next question)", "annotators": count,
-                             "requests": len(flat), **_percentiles(flat), "per_s": round(len(flat) / wall, 1)})
+                rows.append(
+                    {
+                        "what": "POST /api/answer (store + next question)",
+                        "annotators": count,
+                        "requests": len(flat),
+                        **_percentiles(flat),
+                        "per_s": round(len(flat) / wall, 1),
+                    }
+                )
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
             conn.request("GET", "/api/next?annotator=imgs")
             token = json.loads(conn.getresponse().read())["item"]
@@ -118,13 +140,23 @@ def run(quick: bool = False) -> dict:
                 conn.getresponse().read()
                 times.append(1000 * (time.perf_counter() - start))
             conn.close()
-            rows.append({"what": "GET /api/image (224 px JPEG)", "annotators": 1, "requests": n, **_percentiles(times),
-                         "per_s": round(n / (sum(times) / 1000), 1)})
+            rows.append(
+                {
+                    "what": "GET /api/image (224 px JPEG)",
+                    "annotators": 1,
+                    "requests": n,
+                    **_percentiles(times),
+                    "per_s": round(n / (sum(times) / 1000), 1),
+                }
+            )
         finally:
             proc.terminate()
             proc.wait(30)
-    return {"title": "annotation server: answer latency", "rows": rows,
-            "notes": [f"{n} triplets + {n // 10} catch trials; one uvicorn process; client and server on one machine"]}
+    return {
+        "title": "annotation server: answer latency",
+        "rows": rows,
+        "notes": [f"{n} triplets + {n // 10} catch trials; one uvicorn process; client and server on one machine"],
+    }
 
 
 if __name__ == "__main__":

@@ -11,17 +11,16 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Dict, List
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _util import bench_main, EXAMPLES, apply_variant, device_sync, metric_sources, timed, variants  # noqa: E402
+from _util import EXAMPLES, apply_variant, bench_main, device_sync, metric_sources, timed, variants
 
 BACKBONES = ("sface", "iresnet50")
 
 
-def _modes() -> List[str]:
+def _modes() -> list[str]:
     try:
         from perface.alignment import align_modes
     except ImportError:
@@ -39,7 +38,7 @@ def _inputs(mode: str, batch: int, device: torch.device) -> torch.Tensor:
     return torch.rand(batch, 3, side, side, generator=torch.Generator().manual_seed(0)).to(device)
 
 
-def run(quick: bool = False) -> Dict[str, object]:
+def run(quick: bool = False) -> dict[str, object]:
     """Measure and return ``{"title", "rows", "notes"}`` (rows: one dict per configuration)."""
     import perface
 
@@ -47,8 +46,8 @@ def run(quick: bool = False) -> Dict[str, object]:
     sync = device_sync(device)
     batch = 4 if quick else 32
     iters, min_s = (2, 0.0) if quick else (5, 2.0)
-    rows: List[Dict[str, object]] = []
-    notes: List[str] = []
+    rows: list[dict[str, object]] = []
+    notes: list[str] = []
     for label, source in metric_sources(BACKBONES):
         for mode in _modes():
             if quick and label != "sface" and mode != "none":
@@ -71,10 +70,19 @@ def run(quick: bool = False) -> Dict[str, object]:
                 except Exception as exc:  # a variant that does not work here is reported, not fatal
                     notes.append(f"{label}/{mode}/{var['name']}: {type(exc).__name__}: {exc}")
                     continue
-                rows.append({"backbone": label, "align": mode, "variant": var["name"], "device": device.type,
-                             "threads": torch.get_num_threads(),
-                             "batch": n, "input": "x".join(map(str, y.shape[-2:])),
-                             "pairs_per_s": round(n / sec, 1), "ms_per_batch": round(sec * 1e3, 1)})
+                rows.append(
+                    {
+                        "backbone": label,
+                        "align": mode,
+                        "variant": var["name"],
+                        "device": device.type,
+                        "threads": torch.get_num_threads(),
+                        "batch": n,
+                        "input": "x".join(map(str, y.shape[-2:])),
+                        "pairs_per_s": round(n / sec, 1),
+                        "ms_per_batch": round(sec * 1e3, 1),
+                    }
+                )
     notes.append("forward+backward of d = 1 - cos(f(x), f(y)) with a frozen metric; gradient to x only")
     return {"title": "Loss forward+backward", "rows": rows, "notes": notes}
 

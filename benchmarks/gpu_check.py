@@ -39,7 +39,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Optional
 
 HERE = Path(__file__).resolve().parent
 SIMCELEBA_TRIPLETS, SIMCELEBA_UNANIMOUS = 6400, 2128  # the paper's SimCelebA: D1 and D2
@@ -51,8 +51,23 @@ def install_wheels(folder: Path) -> None:
     if not wheels:
         return
     target = Path(tempfile.gettempdir()) / "perface-gpu-check-site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
-                    "--upgrade", "--target", str(target), *wheels], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-index",
+            "--no-deps",
+            "--no-compile",
+            "--upgrade",
+            "--target",
+            str(target),
+            *wheels,
+        ],
+        check=True,
+    )
     sys.path.insert(0, str(target))
 
 
@@ -66,7 +81,7 @@ class Budget:
         return self.seconds - (time.perf_counter() - self.start)
 
 
-def _timed_steps(step: Callable[[], Any], sync: Callable[[], None], warmup: int, steps: int) -> Dict[str, float]:
+def _timed_steps(step: Callable[[], Any], sync: Callable[[], None], warmup: int, steps: int) -> dict[str, float]:
     """Seconds of the warm-up (compilation included) and the median seconds per step after it."""
     t0 = time.perf_counter()
     for _ in range(warmup):
@@ -82,24 +97,26 @@ def _timed_steps(step: Callable[[], Any], sync: Callable[[], None], warmup: int,
     return {"warmup_s": warm, "step_s": statistics.median(times)}
 
 
-def _variants(device, with_compile: bool) -> List[Dict[str, Any]]:
+def _variants(device, with_compile: bool) -> list[dict[str, Any]]:
     import torch
 
     if device.type != "cuda":
         out = [{"name": "fp32", "amp": None, "channels_last": False, "compile": False}]
-        return out + ([{"name": "fp32+compile", "amp": None, "channels_last": False, "compile": True}]
-                      if with_compile else [])
+        return out + (
+            [{"name": "fp32+compile", "amp": None, "channels_last": False, "compile": True}] if with_compile else []
+        )
     amp = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     name = "bf16" if amp == torch.bfloat16 else "fp16"
-    out = [{"name": "fp32", "amp": None, "channels_last": False, "compile": False},
-           {"name": f"{name}+channels_last", "amp": amp, "channels_last": True, "compile": False}]
+    out = [
+        {"name": "fp32", "amp": None, "channels_last": False, "compile": False},
+        {"name": f"{name}+channels_last", "amp": amp, "channels_last": True, "compile": False},
+    ]
     if with_compile:
         out.append({"name": f"{name}+channels_last+compile", "amp": amp, "channels_last": True, "compile": True})
     return out
 
 
-def part_training(ckpt: str, batch: int, steps: int, device, with_compile: bool, epoch_steps: int
-                  ) -> Dict[str, Any]:
+def part_training(ckpt: str, batch: int, steps: int, device, with_compile: bool, epoch_steps: int) -> dict[str, Any]:
     """iresnet50 optimizer steps per variant (BatchNorm in training mode, full batch)."""
     import torch
 
@@ -116,19 +133,29 @@ def part_training(ckpt: str, batch: int, steps: int, device, with_compile: bool,
         embedder: Any = _Embedder(metric)
         if var["compile"]:
             embedder = torch.compile(embedder)
-        opt = torch.optim.SGD([p for p in metric.parameters() if p.requires_grad], lr=0.01, momentum=0.9,
-                              weight_decay=5e-4)
+        opt = torch.optim.SGD(
+            [p for p in metric.parameters() if p.requires_grad], lr=0.01, momentum=0.9, weight_decay=5e-4
+        )
         scaler = torch.amp.GradScaler("cuda", enabled=var["amp"] == torch.float16)
-        x = torch.randint(0, 256, (batch, 3, 3, 112, 112), dtype=torch.uint8,
-                          generator=torch.Generator().manual_seed(0)).to(device)
+        x = torch.randint(
+            0, 256, (batch, 3, 3, 112, 112), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+        ).to(device)
         try:
-            t = _timed_steps(lambda: train_step(embedder, x, opt, scaler, 0.1, batch, var["amp"]), sync,
-                             warmup=3, steps=steps)
+            t = _timed_steps(
+                lambda: train_step(embedder, x, opt, scaler, 0.1, batch, var["amp"]), sync, warmup=3, steps=steps
+            )
         except Exception as exc:  # e.g. torch.compile unavailable: reported, the other variants stand
             rows.append({"variant": var["name"], "error": f"{type(exc).__name__}: {exc}"[:200]})
             continue
-        rows.append({"variant": var["name"], "batch_triplets": batch, "triplets_per_s": round(batch / t["step_s"], 1),
-                     "ms_per_step": round(t["step_s"] * 1e3, 2), "warmup_s": round(t["warmup_s"], 1)})
+        rows.append(
+            {
+                "variant": var["name"],
+                "batch_triplets": batch,
+                "triplets_per_s": round(batch / t["step_s"], 1),
+                "ms_per_step": round(t["step_s"] * 1e3, 2),
+                "warmup_s": round(t["warmup_s"], 1),
+            }
+        )
         if device.type == "cuda":
             torch.cuda.empty_cache()
     verdict = None
@@ -140,7 +167,7 @@ def part_training(ckpt: str, batch: int, steps: int, device, with_compile: bool,
     return {"rows": rows, "compile": verdict}
 
 
-def part_evaluation(ckpts: Dict[str, str], n_triplets: int, batch: int, device, tmp: Path) -> Dict[str, Any]:
+def part_evaluation(ckpts: dict[str, str], n_triplets: int, batch: int, device, tmp: Path) -> dict[str, Any]:
     """Triplets/s of the evaluation path on a bank of decoded crops (decoding not included)."""
     import torch
 
@@ -159,12 +186,18 @@ def part_evaluation(ckpts: Dict[str, str], n_triplets: int, batch: int, device, 
     for label, ckpt in ckpts.items():
         metric = perface.PerFace(ckpt, check_range=False).to(device).eval()
         t = _timed_steps(lambda: triplet_similarities(metric.embed, images, batch, device), sync, warmup=1, steps=3)
-        rows.append({"backbone": label, "triplets": len(images), "batch_triplets": batch,
-                     "triplets_per_s": round(len(images) / t["step_s"], 1)})
+        rows.append(
+            {
+                "backbone": label,
+                "triplets": len(images),
+                "batch_triplets": batch,
+                "triplets_per_s": round(len(images) / t["step_s"], 1),
+            }
+        )
     return {"rows": rows, "decode_images_per_s": round(3 * len(triplets) / decode_s, 1)}
 
 
-def part_loss(ckpts: Dict[str, str], batch: int, steps: int, device) -> Dict[str, Any]:
+def part_loss(ckpts: dict[str, str], batch: int, steps: int, device) -> dict[str, Any]:
     """PerFace(align="ffhq") as a loss on 256 px crops: forward+backward pairs/s, gradient to x."""
     import torch
 
@@ -188,16 +221,25 @@ def part_loss(ckpts: Dict[str, str], batch: int, steps: int, device) -> Dict[str
                 loss.backward()
 
             t = _timed_steps(step, sync, warmup=2, steps=steps)
-            rows.append({"backbone": label, "variant": var["name"], "batch_pairs": batch, "input": "256x256 ffhq",
-                         "pairs_per_s": round(batch / t["step_s"], 1), "ms_per_batch": round(t["step_s"] * 1e3, 2)})
+            rows.append(
+                {
+                    "backbone": label,
+                    "variant": var["name"],
+                    "batch_pairs": batch,
+                    "input": "256x256 ffhq",
+                    "pairs_per_s": round(batch / t["step_s"], 1),
+                    "ms_per_batch": round(t["step_s"] * 1e3, 2),
+                }
+            )
     return {"rows": rows}
 
 
 def make_simceleba_like(folder: Path, n: int, unanimous: int, seed: int = 0, side: int = 224) -> Path:
     """A SimCelebA-format folder: ``n`` triplets of ``side`` px JPEG crops (smooth random images of
     about SimCelebA's file size) and ``triplet_answers.csv`` with ``unanimous`` unanimous triplets."""
-    import numpy as np
     from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
     from PIL import Image
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -226,8 +268,9 @@ def make_simceleba_like(folder: Path, n: int, unanimous: int, seed: int = 0, sid
     return folder
 
 
-def part_epoch(ckpt: str, n: int, unanimous: int, batch: int, device, tmp: Path, use_compile: bool,
-               max_steps: Optional[int]) -> Dict[str, Any]:
+def part_epoch(
+    ckpt: str, n: int, unanimous: int, batch: int, device, tmp: Path, use_compile: bool, max_steps: Optional[int]
+) -> dict[str, Any]:
     """One epoch of ``perface.train.train`` with ``--recipe paper`` on a generated SimCelebA-sized set."""
     from perface.train.config import TrainConfig
     from perface.train.trainer import train
@@ -236,35 +279,67 @@ def part_epoch(ckpt: str, n: int, unanimous: int, batch: int, device, tmp: Path,
     folder = make_simceleba_like(tmp / "simceleba-like", n, unanimous)
     generate_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    summary = train(TrainConfig(data=str(folder), out=str(tmp / "run"), recipe="paper", init=ckpt, epochs=1,
-                                batch_size=batch, device="auto" if device.type == "cuda" else "cpu", compile=use_compile, progress=False,
-                                resume=False, max_steps=max_steps))
+    summary = train(
+        TrainConfig(
+            data=str(folder),
+            out=str(tmp / "run"),
+            recipe="paper",
+            init=ckpt,
+            epochs=1,
+            batch_size=batch,
+            device="auto" if device.type == "cuda" else "cpu",
+            compile=use_compile,
+            progress=False,
+            resume=False,
+            max_steps=max_steps,
+        )
+    )
     wall = time.perf_counter() - t0
     one_time = wall - summary["epoch_seconds"]  # model load, decoding, baseline and final evaluation, writing
     projected = one_time + 30 * summary["epoch_seconds"]
-    return {"set_generation_s": round(generate_s, 1), "counts": summary["counts"], "steps": summary["steps"],
-            "train_seconds": summary["train_seconds"], "epoch_seconds": summary["epoch_seconds"],
-            "train_triplets_per_s": summary["train_triplets_per_s"],
-            "epoch_triplets_per_s": summary["epoch_triplets_per_s"], "wall_s": round(wall, 1),
-            "one_time_s": round(one_time, 1), "projected_30_epochs_min": round(projected / 60, 2),
-            "goal_30_epochs_min": 10, "compile": use_compile, "peak": {k: v for k, v in summary.items() if "max" in k}}
+    return {
+        "set_generation_s": round(generate_s, 1),
+        "counts": summary["counts"],
+        "steps": summary["steps"],
+        "train_seconds": summary["train_seconds"],
+        "epoch_seconds": summary["epoch_seconds"],
+        "train_triplets_per_s": summary["train_triplets_per_s"],
+        "epoch_triplets_per_s": summary["epoch_triplets_per_s"],
+        "wall_s": round(wall, 1),
+        "one_time_s": round(one_time, 1),
+        "projected_30_epochs_min": round(projected / 60, 2),
+        "goal_30_epochs_min": 10,
+        "compile": use_compile,
+        "peak": {k: v for k, v in summary.items() if "max" in k},
+    }
 
 
-def _table(rows: List[Dict[str, Any]]) -> List[str]:
+def _table(rows: list[dict[str, Any]]) -> list[str]:
     if not rows:
         return ["(nothing measured)"]
     keys = list(dict.fromkeys(k for r in rows for k in r))
-    return ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys),
-            *["| " + " | ".join(str(r.get(k, "")) for k in keys) + " |" for r in rows]]
+    return [
+        "| " + " | ".join(keys) + " |",
+        "|" + "---|" * len(keys),
+        *["| " + " | ".join(str(r.get(k, "")) for k in keys) + " |" for r in rows],
+    ]
 
 
-def to_markdown(result: Dict[str, Any]) -> str:
+def to_markdown(result: dict[str, Any]) -> str:
     """The result as the markdown section of docs/benchmarks.md."""
-    lines = ["## GPU check (`benchmarks/gpu_check.py`)", "", "| machine | |", "|---|---|",
-             *[f"| {k} | {v} |" for k, v in result["machine"].items()], ""]
-    for key, title in (("training", "iresnet50 training steps, batch 32 triplets (BatchNorm training)"),
-                       ("evaluation", "Evaluation (triplet_similarities, fp32)"),
-                       ("loss", "PerFace as a loss: forward+backward, 256 px FFHQ-aligned crops")):
+    lines = [
+        "## GPU check (`benchmarks/gpu_check.py`)",
+        "",
+        "| machine | |",
+        "|---|---|",
+        *[f"| {k} | {v} |" for k, v in result["machine"].items()],
+        "",
+    ]
+    for key, title in (
+        ("training", "iresnet50 training steps, batch 32 triplets (BatchNorm training)"),
+        ("evaluation", "Evaluation (triplet_similarities, fp32)"),
+        ("loss", "PerFace as a loss: forward+backward, 256 px FFHQ-aligned crops"),
+    ):
         part = result.get(key)
         lines += [f"### {title}", ""]
         if not isinstance(part, dict) or "rows" not in part:
@@ -281,11 +356,15 @@ def to_markdown(result: Dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="tiny sizes (a CPU run proving every step works)")
-    parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or HERE / "results"),
-                        help="folder for gpu_check.json and gpu_check.md (default: $OUT, else benchmarks/results)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path(os.environ.get("OUT") or HERE / "results"),
+        help="folder for gpu_check.json and gpu_check.md (default: $OUT, else benchmarks/results)",
+    )
     parser.add_argument("--wheels", type=Path, help="install the wheels in this folder first (offline machine)")
     parser.add_argument("--budget", type=float, default=420.0, help="seconds; parts that no longer fit are skipped")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant")
@@ -307,10 +386,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="perface-gpu-check-"))
     r50 = str(random_checkpoint("iresnet50", tmp / "iresnet50"))
     ckpts = {"sface": "sface", "iresnet50": r50}
-    result: Dict[str, Any] = {"machine": {
-        "gpu": torch.cuda.get_device_name(0) if device.type == "cuda" else None, "device": str(device),
-        "torch": torch.__version__, "python": platform.python_version(), "cpu_count": os.cpu_count(),
-        "tiny": tiny}}
+    result: dict[str, Any] = {
+        "machine": {
+            "gpu": torch.cuda.get_device_name(0) if device.type == "cuda" else None,
+            "device": str(device),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "cpu_count": os.cpu_count(),
+            "tiny": tiny,
+        }
+    }
 
     def attempt(key: str, need_s: float, fn: Callable[[], Any]) -> None:
         if budget.left() < need_s:
@@ -324,13 +409,21 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"gpu_check: {key} done in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
 
     with_compile = not args.no_compile and device.type == "cuda"
-    attempt("training", 30 if tiny else 150, lambda: part_training(r50, batch, 3 if tiny else 20, device,
-                                                                    with_compile, epoch_steps))
-    compile_pays = bool(isinstance(result.get("training"), dict) and (result["training"].get("compile") or {}).get("pays"))
+    attempt(
+        "training",
+        30 if tiny else 150,
+        lambda: part_training(r50, batch, 3 if tiny else 20, device, with_compile, epoch_steps),
+    )
+    compile_pays = bool(
+        isinstance(result.get("training"), dict) and (result["training"].get("compile") or {}).get("pays")
+    )
     attempt("evaluation", 20 if tiny else 30, lambda: part_evaluation(ckpts, 8 if tiny else 512, 64, device, tmp))
     attempt("loss", 30 if tiny else 40, lambda: part_loss(ckpts, batch, 3 if tiny else 20, device))
-    attempt("epoch", 60 if tiny else 150, lambda: part_epoch(r50, n, unanimous, batch, device, tmp, compile_pays,
-                                                             2 if tiny else None))
+    attempt(
+        "epoch",
+        60 if tiny else 150,
+        lambda: part_epoch(r50, n, unanimous, batch, device, tmp, compile_pays, 2 if tiny else None),
+    )
     result["seconds"] = round(time.perf_counter() - budget.start, 1)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "gpu_check.json").write_text(json.dumps(result, indent=2, default=str) + "\n")

@@ -20,22 +20,24 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Optional
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _util import machine_info  # noqa: E402
+from _util import machine_info
 
-_CHILD = ("import json, sys; sys.path.insert(0, {here!r}); import {mod} as m; "
-          "r = m.run(quick={quick}); open({out!r}, 'w').write(json.dumps(r, default=str))")
+_CHILD = (
+    "import json, sys; sys.path.insert(0, {here!r}); import {mod} as m; "
+    "r = m.run(quick={quick}); open({out!r}, 'w').write(json.dumps(r, default=str))"
+)
 
 
-def discover() -> List[str]:
+def discover() -> list[str]:
     """Names of the benchmarks: ``bench_<name>.py`` files beside this script, sorted."""
-    return sorted(p.stem[len("bench_"):] for p in HERE.glob("bench_*.py"))
+    return sorted(p.stem[len("bench_") :] for p in HERE.glob("bench_*.py"))
 
 
-def run_one(name: str, quick: bool, timeout: Optional[float], threads: Optional[int] = None) -> Dict[str, object]:
+def run_one(name: str, quick: bool, timeout: Optional[float], threads: Optional[int] = None) -> dict[str, object]:
     """Run ``bench_<name>.run(quick)`` in a subprocess; the result dict, or ``{"error": ...}``."""
     script = HERE / f"bench_{name}.py"
     with tempfile.TemporaryDirectory() as tmp:
@@ -46,8 +48,9 @@ def run_one(name: str, quick: bool, timeout: Optional[float], threads: Optional[
             cmd = [sys.executable, str(script), *(["--quick"] if quick else []), "--json", str(out)]
         start = time.perf_counter()
         try:
-            env = dict(os.environ, **({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-                                      if threads else {}))
+            env = dict(
+                os.environ, **({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)} if threads else {})
+            )
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=HERE.parent, env=env)
         except subprocess.TimeoutExpired:
             return {"title": name, "error": f"timed out after {timeout:g} s"}
@@ -69,8 +72,8 @@ def _cell(value: object) -> str:
     return str(value).replace("|", "/")
 
 
-def _flatten(d: Dict[str, object], prefix: str = "") -> Dict[str, object]:
-    out: Dict[str, object] = {}
+def _flatten(d: dict[str, object], prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
     for k, v in d.items():
         if isinstance(v, dict):
             out.update(_flatten(v, f"{prefix}{k}."))
@@ -79,20 +82,20 @@ def _flatten(d: Dict[str, object], prefix: str = "") -> Dict[str, object]:
     return out
 
 
-def machine_lines(machine: Dict[str, object], quick: bool, run_at: str) -> List[str]:
+def machine_lines(machine: dict[str, object], quick: bool, run_at: str) -> list[str]:
     """The "Mode ... run at" line and the machine table."""
     lines = [f"Mode: {'quick' if quick else 'full'}; run {run_at}.", "", "| machine | |", "|---|---|"]
     return lines + [f"| {k} | {_cell(v)} |" for k, v in machine.items()]
 
 
-def section_lines(name: str, res: Dict[str, object], level: int = 2) -> List[str]:
+def section_lines(name: str, res: dict[str, object], level: int = 2) -> list[str]:
     """One benchmark's heading, table (rows, or the flattened result) and notes."""
     lines = [f"{'#' * level} {res.get('title', name)} (`bench_{name}.py`, {res.get('seconds', '?')} s)", ""]
     if "error" in res:
         return lines + [f"**failed**: {res['error']}"]
     rows = res.get("rows")
     if isinstance(rows, list) and rows and all(isinstance(r, dict) for r in rows):
-        cols: List[str] = []
+        cols: list[str] = []
         for r in rows:
             cols += [c for c in r if c not in cols]
         lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
@@ -104,8 +107,9 @@ def section_lines(name: str, res: Dict[str, object], level: int = 2) -> List[str
     return lines + [""] + [f"- {n}" for n in ([notes] if isinstance(notes, str) else notes)]
 
 
-def markdown(results: Dict[str, Dict[str, object]], machine: Dict[str, object], quick: bool,
-             run_at: Optional[str] = None) -> str:
+def markdown(
+    results: dict[str, dict[str, object]], machine: dict[str, object], quick: bool, run_at: Optional[str] = None
+) -> str:
     """The benchmark report: machine details, then one table per benchmark."""
     run_at = run_at or time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     lines = ["# perface benchmarks", ""] + machine_lines(machine, quick, run_at)
@@ -114,33 +118,49 @@ def markdown(results: Dict[str, Dict[str, object]], machine: Dict[str, object], 
     return "\n".join(lines) + "\n"
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: Optional[list[str]] = None) -> int:
     names = discover()
     parser = argparse.ArgumentParser(description="Run every perface benchmark.")
     parser.add_argument("--quick", action="store_true", help="small sizes, few iterations (minutes on a CPU)")
     parser.add_argument("--only", nargs="+", choices=names, metavar="NAME", help=f"subset of {names}")
     parser.add_argument("--out", type=Path, default=HERE / "results", help="folder for results.json / results.md")
     parser.add_argument("--timeout", type=float, default=None, help="seconds allowed per benchmark")
-    parser.add_argument("--threads", type=int, help="CPU threads for every benchmark (OMP_NUM_THREADS; default: "
-                        "torch's choice). On a machine shared with other jobs, 1 avoids spinning thread pools")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads for every benchmark (OMP_NUM_THREADS; default: "
+        "torch's choice). On a machine shared with other jobs, 1 avoids spinning thread pools",
+    )
     args = parser.parse_args(argv)
     machine = machine_info()
     machine["threads_requested"] = args.threads or "default"
     run_at = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    results: Dict[str, Dict[str, object]] = {}
+    results: dict[str, dict[str, object]] = {}
     for name in args.only or names:
         print(f"[run_all] bench_{name} ...", flush=True)
         results[name] = run_one(name, args.quick, args.timeout, args.threads)
-        print(f"[run_all] bench_{name}: " + ("failed: " + str(results[name]["error"]) if "error" in results[name]
-                                             else f"{results[name]['seconds']} s"), flush=True)
+        print(
+            f"[run_all] bench_{name}: "
+            + (
+                "failed: " + str(results[name]["error"])
+                if "error" in results[name]
+                else f"{results[name]['seconds']} s"
+            ),
+            flush=True,
+        )
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps({"machine": machine, "quick": args.quick, "run_at": run_at,
-                                                       "results": results}, indent=2, default=str))
+    (args.out / "results.json").write_text(
+        json.dumps(
+            {"machine": machine, "quick": args.quick, "run_at": run_at, "results": results}, indent=2, default=str
+        )
+    )
     text = markdown(results, machine, args.quick, run_at)
     (args.out / "results.md").write_text(text)
     print(text)
-    print(f"[run_all] to put these numbers into docs/benchmarks.md: python tools/render_benchmarks.py "
-          f"{args.out / 'results.json'}")
+    print(
+        f"[run_all] to put these numbers into docs/benchmarks.md: python tools/render_benchmarks.py "
+        f"{args.out / 'results.json'}"
+    )
     return 1 if any("error" in r for r in results.values()) else 0
 
 

@@ -16,7 +16,7 @@ import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Optional
 from urllib.parse import unquote, urlparse
 
 
@@ -24,8 +24,8 @@ class FakeHub:
     """Repos: ``repo_id -> {commit: {filename: bytes}}``; ``refs``: ``(repo_id, branch) -> commit``."""
 
     def __init__(self) -> None:
-        self.repos: Dict[str, Dict[str, Dict[str, bytes]]] = {}
-        self.refs: Dict[Tuple[str, str], str] = {}
+        self.repos: dict[str, dict[str, dict[str, bytes]]] = {}
+        self.refs: dict[tuple[str, str], str] = {}
         self.requests: Counter = Counter()  # (method, path) -> count
         self.head_delay = 0.0
         self.get_delay = 0.0
@@ -35,7 +35,7 @@ class FakeHub:
         self._server: Optional[ThreadingHTTPServer] = None
 
     # ---------------------------------------------------------------- content
-    def add_commit(self, repo_id: str, files: Dict[str, bytes], branch: str = "main") -> str:
+    def add_commit(self, repo_id: str, files: dict[str, bytes], branch: str = "main") -> str:
         """Add a commit holding ``files`` (plus earlier files of the branch) and move ``branch`` to it."""
         previous = self.refs.get((repo_id, branch))
         tree = dict(self.repos.get(repo_id, {}).get(previous, {})) if previous else {}
@@ -48,8 +48,7 @@ class FakeHub:
     def count(self, method: Optional[str] = None) -> int:
         """Number of file requests (``/resolve/``) received, of ``method`` or of any method."""
         with self._lock:
-            return sum(n for (m, p), n in self.requests.items()
-                       if "/resolve/" in p and (method is None or m == method))
+            return sum(n for (m, p), n in self.requests.items() if "/resolve/" in p and (method is None or m == method))
 
     def reset_counts(self) -> None:
         with self._lock:
@@ -62,7 +61,7 @@ class FakeHub:
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}"
 
-    def start(self) -> "FakeHub":
+    def start(self) -> FakeHub:
         hub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -100,11 +99,19 @@ class FakeHub:
             return 404, {"X-Error-Code": "RevisionNotFound", "X-Error-Message": "Invalid rev id"}, b""
         data = self.repos[repo_id][commit].get(filename)
         if data is None:
-            return 404, {"X-Error-Code": "EntryNotFound", "X-Error-Message": "Entry not found",
-                         "X-Repo-Commit": commit}, b""
+            return (
+                404,
+                {"X-Error-Code": "EntryNotFound", "X-Error-Message": "Entry not found", "X-Repo-Commit": commit},
+                b"",
+            )
         digest = hashlib.sha256(data).hexdigest()
-        headers = {"X-Repo-Commit": commit, "ETag": f'"{digest}"', "X-Linked-Etag": f'"{digest}"',
-                   "X-Linked-Size": str(len(data)), "Content-Type": "application/octet-stream"}
+        headers = {
+            "X-Repo-Commit": commit,
+            "ETag": f'"{digest}"',
+            "X-Linked-Etag": f'"{digest}"',
+            "X-Linked-Size": str(len(data)),
+            "Content-Type": "application/octet-stream",
+        }
         return 200, headers, data
 
     def _serve(self, handler: BaseHTTPRequestHandler, body: bool) -> None:
@@ -148,10 +155,16 @@ def point_hf_at(endpoint: str, home: Path, monkeypatch) -> Path:
     return home
 
 
-def subprocess_env(endpoint: str, home: Path, **extra: str) -> Dict[str, str]:
+def subprocess_env(endpoint: str, home: Path, **extra: str) -> dict[str, str]:
     """Environment for a fresh process that uses the stand-in Hub and cache through env vars."""
-    env = dict(os.environ, HF_ENDPOINT=endpoint, HF_HOME=str(home), HF_HUB_DISABLE_PROGRESS_BARS="1",
-               NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost")
+    env = dict(
+        os.environ,
+        HF_ENDPOINT=endpoint,
+        HF_HOME=str(home),
+        HF_HUB_DISABLE_PROGRESS_BARS="1",
+        NO_PROXY="127.0.0.1,localhost",
+        no_proxy="127.0.0.1,localhost",
+    )
     for key in ("PERFACE_CACHE", "HF_HUB_OFFLINE", "HF_HUB_CACHE", "HF_TOKEN"):
         env.pop(key, None)
     env.update(extra)

@@ -10,8 +10,15 @@ import torch
 
 import perface
 from perface import alignment
-from perface.alignment import (DetectAlign, FixedAlign, ResizeTo, build_aligner, choose_faces, similarity_transform,
-                               warp_affine)
+from perface.alignment import (
+    DetectAlign,
+    FixedAlign,
+    ResizeTo,
+    build_aligner,
+    choose_faces,
+    similarity_transform,
+    warp_affine,
+)
 from perface.detection import Face
 from perface.errors import NoFaceError
 from perface.templates import get_template, template_points

@@ -22,8 +22,14 @@ from perface.annotate.export import export, write_report
 from perface.annotate.make import make_study
 from perface.annotate.store import AnswerConflict, AnswerStore
 from perface.annotate.study import load_study, write_study
-from perface.annotate.triplets import (catch_trials, collect_images, design_triplets, load_groups, n_possible,
-                                       random_triplets)
+from perface.annotate.triplets import (
+    catch_trials,
+    collect_images,
+    design_triplets,
+    load_groups,
+    n_possible,
+    random_triplets,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -50,6 +56,7 @@ def _study(tmp_path: Path, n_triplets: int = 6, n_catch: int = 2, seed: int = 0)
 
 
 # -- making triplets -------------------------------------------------------------------------------
+
 
 def test_collect_images_folders_files_and_lists(tmp_path, faces_dir):
     listing = tmp_path / "list.txt"
@@ -89,8 +96,10 @@ def test_catch_trials_put_the_reference_among_the_candidates(tmp_path):
 
 
 def test_design_triplets_follow_the_simceleba_design(tmp_path):
-    groups = {"t1": [(Path(f"/x/t1_s{k}.jpg"), f"s{k}") for k in range(7)],
-              "t2": [(Path(f"/x/t2_s{k}.jpg"), f"s{k % 2}") for k in range(6)]}  # t2: only two distinct sources
+    groups = {
+        "t1": [(Path(f"/x/t1_s{k}.jpg"), f"s{k}") for k in range(7)],
+        "t2": [(Path(f"/x/t2_s{k}.jpg"), f"s{k % 2}") for k in range(6)],
+    }  # t2: only two distinct sources
     items = design_triplets(groups, seed=0)
     assert [t.extra["group"] for t in items] == ["t1", "t1"]  # 7 swaps -> 2 disjoint triples; t2 has none
     used = [p for t in items for p in (t.reference, t.a, t.b)]
@@ -143,6 +152,7 @@ def test_uncertain_triplets_take_the_closest_similarities(tmp_path, faces_dir):
 
 # -- the study folder --------------------------------------------------------------------------------
 
+
 def test_study_round_trip_and_the_csv_training_reads(tmp_path):
     from perface.train.data import load_triplet_csv
 
@@ -178,6 +188,7 @@ def test_make_study_with_face_crops(tmp_path, faces_dir):
 
 # -- the answers store ---------------------------------------------------------------------------
 
+
 def test_store_records_once_and_refuses_a_changed_answer(tmp_path):
     with AnswerStore(tmp_path / "answers.sqlite", "s1") as store:
         assert store.record("alice", "q1", "a", 900) is True
@@ -191,7 +202,9 @@ def test_store_records_once_and_refuses_a_changed_answer(tmp_path):
         store.record("bob", "q1", "b")
     with AnswerStore(tmp_path / "answers.sqlite", "s1") as store:  # reopened: all there, once
         assert [(a.annotator, a.item, a.answer, a.ms) for a in store.answers()] == [
-            ("alice", "q1", "a", 900), ("bob", "q1", "b", None)]
+            ("alice", "q1", "a", 900),
+            ("bob", "q1", "b", None),
+        ]
         assert store.counts() == {"q1": 2}
     with pytest.raises(ValueError, match="answers to other questions"):
         AnswerStore(tmp_path / "answers.sqlite", "s2")
@@ -229,8 +242,9 @@ def test_answers_acknowledged_before_kill_9_survive(tmp_path):
     """A writer process is killed with SIGKILL mid-stream: every answer it reported stored is
     there after reopening, and the file is intact."""
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(tmp_path / "a.sqlite")], stdout=subprocess.PIPE,
-                            text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _WRITER, str(tmp_path / "a.sqlite")], stdout=subprocess.PIPE, text=True, env=env
+    )
     acknowledged = -1
     for line in proc.stdout:
         acknowledged = int(line)
@@ -246,6 +260,7 @@ def test_answers_acknowledged_before_kill_9_survive(tmp_path):
 
 
 # -- which question comes next -------------------------------------------------------------------
+
 
 def test_assigner_resumes_spreads_catch_trials_and_hides_ids(tmp_path):
     study = _study(tmp_path, n_triplets=8, n_catch=2)
@@ -289,6 +304,7 @@ def test_assigner_answers_per_triplet(tmp_path):
 
 # -- agreement -------------------------------------------------------------------------------------
 
+
 def test_krippendorff_alpha_matches_the_published_example():
     """Krippendorff (2011), "Computing Krippendorff's alpha-reliability", section C: 4 observers,
     12 units, missing values; nominal alpha = 0.743."""
@@ -317,11 +333,14 @@ def test_agreement_on_a_small_hand_worked_case():
 
 # -- export ----------------------------------------------------------------------------------------
 
+
 def _answered_study(tmp_path):
     """Three annotators on 6 triplets + 2 catch trials; 'careless' fails both catch trials."""
     study = _study(tmp_path)
     plan = {
-        "alice": "aabbab", "bob": "aabbaa", "careless": "bbaab-",
+        "alice": "aabbab",
+        "bob": "aabbaa",
+        "careless": "bbaab-",
     }
     with AnswerStore(study.root / "answers.sqlite", study.sha256) as store:
         for who, answers in plan.items():
@@ -337,7 +356,7 @@ def _answered_study(tmp_path):
 def test_export_quality_and_exclusion(tmp_path):
     from perface.train.data import load_triplet_csv
 
-    study, plan = _answered_study(tmp_path)
+    study, _plan = _answered_study(tmp_path)
     out = tmp_path / "out" / "judgments.csv"
     report = export(study.root, out)
     by = {q.annotator: q for q in report.annotators}
@@ -349,8 +368,14 @@ def test_export_quality_and_exclusion(tmp_path):
     assert (by["alice"].majority_agreement, by["alice"].majority_compared) == (0.0, 1)  # only q6: bob alone says a
     rows = list(csv.DictReader(open(out)))
     assert [r["id"] for r in rows] == [t.id for t in study.triplets]
-    assert [r["ans_alice"] + r["ans_bob"] + r["ans_careless"] for r in rows] == \
-        ["aab", "aab", "bba", "bba", "aab", "ba"]
+    assert [r["ans_alice"] + r["ans_bob"] + r["ans_careless"] for r in rows] == [
+        "aab",
+        "aab",
+        "bba",
+        "bba",
+        "aab",
+        "ba",
+    ]
     loaded = load_triplet_csv(out)  # the CSV training reads, paths relative to its own folder
     assert loaded.triplets[0].reference.resolve() == study.triplets[0].reference
     assert [t.majority for t in loaded.triplets] == ["a", "a", "b", "b", "a", None]
@@ -375,4 +400,4 @@ def test_export_slot_columns(tmp_path):
     header = next(csv.reader(open(tmp_path / "slots.csv")))
     assert header[4:7] == ["ans1", "ans2", "ans3"]
     loaded = load_triplet_csv(tmp_path / "slots.csv")
-    assert [t.answers for t in loaded.triplets][0] == ("a", "a", "b")  # in order of arrival
+    assert next(t.answers for t in loaded.triplets) == ("a", "a", "b")  # in order of arrival

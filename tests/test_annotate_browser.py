@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Optional
 
 import pytest
 
@@ -27,8 +27,15 @@ from test_annotate_server import ENV, ServerProcess
 pytestmark = pytest.mark.browser
 
 CHROMIUM = Path(os.environ.get("PERFACE_CHROMIUM", "/usr/bin/chromium"))
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 N_TRIPLETS = 20
 KILL_AFTER = 8  # answers each before the server is killed
 SHOTS = os.environ.get("PERFACE_SCREENSHOTS")
@@ -57,12 +64,12 @@ class Annotator:
 
     def __init__(self, name: str, page, base: str, use_keys: bool) -> None:
         self.name, self.page, self.base, self.use_keys = name, page, base, use_keys
-        self.answers: Dict[Tuple[str, str, str], str] = {}
+        self.answers: dict[tuple[str, str, str], str] = {}
         self.catch_seen = 0
         self.real_seen = 0
-        self.latencies: List[float] = []
+        self.latencies: list[float] = []
 
-    async def images(self) -> Tuple[str, str, str]:
+    async def images(self) -> tuple[str, str, str]:
         hashes = []
         for slot in ("reference", "a", "b"):
             src = await self.page.get_attribute(f"#img-{slot}", "src")
@@ -105,8 +112,9 @@ class Annotator:
         else:
             await self.page.click(f"#choose-{choice}")
         if wait:  # (selectors, not wait_for_function: the page's CSP forbids eval, as it should)
-            await self.page.wait_for_selector(f'body[data-done="{done + 1}"]:is([data-state=ready], [data-state=done])',
-                                              timeout=120_000)
+            await self.page.wait_for_selector(
+                f'body[data-done="{done + 1}"]:is([data-state=ready], [data-state=done])', timeout=120_000
+            )
             self.latencies.append(time.perf_counter() - started)
 
     async def answer(self, count: int) -> None:
@@ -125,7 +133,7 @@ async def _shot(page, name: str, whole: bool = True) -> None:
         await target.screenshot(path=str(Path(SHOTS) / name))
 
 
-async def _scenario(study: Path) -> Dict:
+async def _scenario(study: Path) -> dict:
     from playwright.async_api import async_playwright
 
     server = ServerProcess(study).start()
@@ -159,8 +167,9 @@ async def _scenario(study: Path) -> Dict:
             await _shot(alice.page, "annotate-offline.png")
             await asyncio.to_thread(restarted.start)
             for person in (alice, bob):  # the retried answers go through, the next question shows
-                await person.page.wait_for_selector(f'body[data-done="{KILL_AFTER + 1}"][data-state=ready]',
-                                                    timeout=120_000)
+                await person.page.wait_for_selector(
+                    f'body[data-done="{KILL_AFTER + 1}"][data-state=ready]', timeout=120_000
+                )
             await alice.page.reload()  # a reloaded page resumes where alice left off
             await alice.state()
             resumed = await alice.page.evaluate("document.body.dataset.done")
@@ -184,9 +193,27 @@ def session(tmp_path_factory, faces_dir):
     listing = root / "faces.txt"  # obama2_rgba.png has obama2.jpg's pixels: leave it out
     listing.write_text("".join(f"{p}\n" for p in photos))
     study = root / "study"
-    made = subprocess.run([sys.executable, "-m", "perface", "annotate", "make", str(listing), "--out", str(study),
-                           "--n", str(N_TRIPLETS), "--catch", "0.1", "-q"], capture_output=True, text=True, env=ENV,
-                          timeout=600)
+    made = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "perface",
+            "annotate",
+            "make",
+            str(listing),
+            "--out",
+            str(study),
+            "--n",
+            str(N_TRIPLETS),
+            "--catch",
+            "0.1",
+            "-q",
+        ],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=600,
+    )
     assert made.returncode == 0, made.stderr
     assert f"{N_TRIPLETS} random triplets + 2 catch trials" in made.stdout
     started = time.perf_counter()
@@ -197,13 +224,14 @@ def session(tmp_path_factory, faces_dir):
     return result
 
 
-def _key_of(study_dir: Path) -> Dict[Tuple[str, str, str], str]:
+def _key_of(study_dir: Path) -> dict[tuple[str, str, str], str]:
     """(sha of the shown reference, a, b) -> item id, read from the study folder itself."""
     from perface.annotate.study import load_study
 
     study = load_study(study_dir)
-    return {tuple(_sha(study.shown(t, s).read_bytes()) for s in ("reference", "a", "b")): t.id
-            for t in study.items.values()}
+    return {
+        tuple(_sha(study.shown(t, s).read_bytes()) for s in ("reference", "a", "b")): t.id for t in study.items.values()
+    }
 
 
 def test_two_annotators_through_a_kill_9_every_answer_once(session):
@@ -222,9 +250,11 @@ def test_two_annotators_through_a_kill_9_every_answer_once(session):
         rows = db.execute("SELECT annotator, item, answer FROM answers").fetchall()
     assert len(rows) == 2 * total  # nothing lost, nothing twice
     assert {(a, i): v for a, i, v in rows} == expected
-    print(f"browser session: {session['seconds']:.1f} s; answer -> next question on screen, median "
-          f"{1000 * statistics.median(alice.latencies + bob.latencies):.0f} ms over "
-          f"{len(alice.latencies + bob.latencies)} answers (2 annotators at once, shared 2-core machine)")
+    print(
+        f"browser session: {session['seconds']:.1f} s; answer -> next question on screen, median "
+        f"{1000 * statistics.median(alice.latencies + bob.latencies):.0f} ms over "
+        f"{len(alice.latencies + bob.latencies)} answers (2 annotators at once, shared 2-core machine)"
+    )
 
 
 def test_export_scores_catch_trials_and_holds_every_answer(session, tmp_path):
@@ -233,17 +263,31 @@ def test_export_scores_catch_trials_and_holds_every_answer(session, tmp_path):
 
     alice, bob = session["alice"], session["bob"]
     out = tmp_path / "judgments.csv"
-    result = subprocess.run([sys.executable, "-m", "perface", "annotate", "export", str(session["study"]),
-                             "--out", str(out), "--report", str(tmp_path / "report.json")],
-                            capture_output=True, text=True, env=ENV, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "perface",
+            "annotate",
+            "export",
+            str(session["study"]),
+            "--out",
+            str(out),
+            "--report",
+            str(tmp_path / "report.json"),
+        ],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     report = json.loads((tmp_path / "report.json").read_text())
     by = {a["annotator"]: a for a in report["annotators"]}
     assert (by["alice"]["catch_correct"], by["alice"]["catch_answered"]) == (2, 2)
     assert (by["bob"]["catch_correct"], by["bob"]["catch_answered"]) == (1, 2)
     keys = _key_of(session["study"])
-    real = {who.name: {keys[k]: v for k, v in who.answers.items() if k[0] not in (k[1], k[2])}
-            for who in (alice, bob)}
+    real = {who.name: {keys[k]: v for k, v in who.answers.items() if k[0] not in (k[1], k[2])} for who in (alice, bob)}
     rows = {r["id"]: r for r in csv.DictReader(open(out))}
     assert len(rows) == N_TRIPLETS
     assert {i: r["ans_alice"] for i, r in rows.items()} == real["alice"]
@@ -255,9 +299,24 @@ def test_export_scores_catch_trials_and_holds_every_answer(session, tmp_path):
     assert report["alpha"] == pytest.approx(krippendorff.alpha(reliability_data=data, level_of_measurement="nominal"))
     assert "Krippendorff's alpha" in result.stdout
 
-    kept = subprocess.run([sys.executable, "-m", "perface", "annotate", "export", str(session["study"]),
-                           "--out", str(tmp_path / "kept.csv"), "--min-catch-accuracy", "0.75"],
-                          capture_output=True, text=True, env=ENV, timeout=300)
+    kept = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "perface",
+            "annotate",
+            "export",
+            str(session["study"]),
+            "--out",
+            str(tmp_path / "kept.csv"),
+            "--min-catch-accuracy",
+            "0.75",
+        ],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
+    )
     assert kept.returncode == 0, kept.stderr
     header = next(csv.reader(open(tmp_path / "kept.csv")))
     assert "ans_alice" in header and "ans_bob" not in header
@@ -267,17 +326,65 @@ def test_export_scores_catch_trials_and_holds_every_answer(session, tmp_path):
 @pytest.mark.slow
 def test_exported_csv_trains_and_evaluates(session, tmp_path):
     out = tmp_path / "judgments.csv"
-    subprocess.run([sys.executable, "-m", "perface", "annotate", "export", str(session["study"]), "--out", str(out)],
-                   check=True, capture_output=True, env=ENV, timeout=300)
+    subprocess.run(
+        [sys.executable, "-m", "perface", "annotate", "export", str(session["study"]), "--out", str(out)],
+        check=True,
+        capture_output=True,
+        env=ENV,
+        timeout=300,
+    )
     run = tmp_path / "run"
-    train = subprocess.run([sys.executable, "-m", "perface.train", "--data", str(out), "--out", str(run),
-                            "--init", "sface", "--epochs", "1", "--max-steps", "2", "--batch-size", "4",
-                            "--workers", "0", "--quiet"], capture_output=True, text=True, env=ENV, timeout=900)
+    train = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "perface.train",
+            "--data",
+            str(out),
+            "--out",
+            str(run),
+            "--init",
+            "sface",
+            "--epochs",
+            "1",
+            "--max-steps",
+            "2",
+            "--batch-size",
+            "4",
+            "--workers",
+            "0",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=900,
+    )
     assert train.returncode == 0, train.stderr[-3000:]
     assert (run / "model.safetensors").is_file() and (run / "README.md").is_file()
-    evaluated = subprocess.run([sys.executable, "-m", "perface.eval", "triplets", "--data", str(out),
-                                "--model", "sface", "--model", str(run), "--format", "json", "--quiet",
-                                "--bootstrap", "200"], capture_output=True, text=True, env=ENV, timeout=900)
+    evaluated = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "perface.eval",
+            "triplets",
+            "--data",
+            str(out),
+            "--model",
+            "sface",
+            "--model",
+            str(run),
+            "--format",
+            "json",
+            "--quiet",
+            "--bootstrap",
+            "200",
+        ],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=900,
+    )
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     rows = json.loads(evaluated.stdout)
     assert [r["model"] for r in rows] == ["sface", str(run)]

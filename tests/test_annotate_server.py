@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Optional
 
 import pytest
 
@@ -38,11 +38,21 @@ class ServerProcess:
         self.proc: Optional[subprocess.Popen] = None
         self.url = ""
 
-    def start(self, timeout: float = 120) -> "ServerProcess":
-        cmd = [sys.executable, "-m", "perface", "annotate", "serve", str(self.study), "--port", str(self.port),
-               "-q", *self.args]
+    def start(self, timeout: float = 120) -> ServerProcess:
+        cmd = [
+            sys.executable,
+            "-m",
+            "perface",
+            "annotate",
+            "serve",
+            str(self.study),
+            "--port",
+            str(self.port),
+            "-q",
+            *self.args,
+        ]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
-        lines: "queue.Queue[str]" = queue.Queue()
+        lines: queue.Queue[str] = queue.Queue()
         threading.Thread(target=lambda: [lines.put(ln) for ln in self.proc.stdout], daemon=True).start()
         while True:
             try:
@@ -67,8 +77,9 @@ class ServerProcess:
         out, _ = self.proc.communicate(timeout=60)
         return out
 
-    def request(self, method: str, path: str, body: Optional[bytes] = None,
-                headers: Optional[Dict[str, str]] = None) -> Tuple[int, Dict[str, str], bytes]:
+    def request(
+        self, method: str, path: str, body: Optional[bytes] = None, headers: Optional[dict[str, str]] = None
+    ) -> tuple[int, dict[str, str], bytes]:
         """One raw HTTP request (the path is sent exactly as given)."""
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
         try:
@@ -78,7 +89,7 @@ class ServerProcess:
         finally:
             conn.close()
 
-    def post_answer(self, payload, **headers) -> Tuple[int, dict]:
+    def post_answer(self, payload, **headers) -> tuple[int, dict]:
         body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
         status, _, data = self.request("POST", "/api/answer", body, {"Content-Type": "application/json", **headers})
         return status, json.loads(data or b"{}")
@@ -122,15 +133,18 @@ def test_page_and_first_question(server):
     assert status == 200 and headers["content-type"] in ("image/jpeg", "image/png") and len(body) > 1000
 
 
-@pytest.mark.parametrize("path", [
-    "/api/image/../../../../etc/passwd",
-    "/api/image/..%2F..%2F..%2F..%2Fetc%2Fpasswd/reference",
-    "/api/image/%2e%2e/%2e%2e/etc/passwd",
-    "/static/..%2Fserver.py",
-    "/static/../../annotate/server.py",
-    "/api/image/0000000000000000/reference",
-    "//etc/passwd",
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/image/../../../../etc/passwd",
+        "/api/image/..%2F..%2F..%2F..%2Fetc%2Fpasswd/reference",
+        "/api/image/%2e%2e/%2e%2e/etc/passwd",
+        "/static/..%2Fserver.py",
+        "/static/../../annotate/server.py",
+        "/api/image/0000000000000000/reference",
+        "//etc/passwd",
+    ],
+)
 def test_path_traversal_finds_nothing(server, path):
     status, _, body = server.request("GET", path)
     assert status == 404, (path, status, body[:200])
@@ -166,16 +180,26 @@ def test_image_swapped_for_a_link_outside_is_refused(tmp_path, faces_dir):
             assert status == 403 and b"not for annotators" not in body
     finally:
         server.stop()
-    result = subprocess.run([sys.executable, "-m", "perface", "annotate", "serve", str(study), "--port", "0"],
-                            capture_output=True, text=True, env=ENV, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "perface", "annotate", "serve", str(study), "--port", "0"],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=120,
+    )
     assert result.returncode == 1 and "outside the declared folders" in result.stderr
     assert result.stderr.count("\n") == 1  # one line, no traceback
 
 
 def test_study_pointing_outside_its_folders_does_not_start(tmp_path, faces_dir):
     study = make_photo_study(tmp_path, faces_dir, roots=[tmp_path])  # declared: a folder without the photos
-    result = subprocess.run([sys.executable, "-m", "perface", "annotate", "serve", str(study), "--port", "0"],
-                            capture_output=True, text=True, env=ENV, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "perface", "annotate", "serve", str(study), "--port", "0"],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=120,
+    )
     assert result.returncode == 1
     assert result.stderr.startswith("perface annotate: error:") and "outside the declared folders" in result.stderr
 
@@ -214,8 +238,13 @@ def test_remote_serving_needs_the_flag_and_a_token(tmp_path, faces_dir, monkeypa
     assert generated and len(generated) >= 32 and generated != access_token("0.0.0.0", allow_remote=True)
     assert access_token("192.0.2.7", allow_remote=True, token="given") == "given"
     study = make_photo_study(tmp_path, faces_dir)
-    result = subprocess.run([sys.executable, "-m", "perface", "annotate", "serve", str(study), "--host", "0.0.0.0"],
-                            capture_output=True, text=True, env=ENV, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "perface", "annotate", "serve", str(study), "--host", "0.0.0.0"],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=120,
+    )
     assert result.returncode == 2 and "--allow-remote" in result.stderr and result.stderr.count("\n") == 1
 
 
@@ -231,9 +260,9 @@ def test_malformed_answers_get_4xx_and_never_reach_the_file(server):
         (b"{not json", 400, "not valid JSON"),
         (b"\xff\xfe", 400, "not valid JSON"),
         (b"[1, 2]", 400, "JSON object"),
-        ({**good, "answer": "c"}, 400, "must be \"a\" or \"b\""),
-        ({**good, "answer": None}, 400, "must be \"a\" or \"b\""),
-        ({**good, "answer": ["a"]}, 400, "must be \"a\" or \"b\""),
+        ({**good, "answer": "c"}, 400, 'must be "a" or "b"'),
+        ({**good, "answer": None}, 400, 'must be "a" or "b"'),
+        ({**good, "answer": ["a"]}, 400, 'must be "a" or "b"'),
         ({**good, "annotator": "Jane Doe <jane@example.org>"}, 400, "pseudonym"),
         ({**good, "annotator": ""}, 400, "not valid"),
         ({**good, "annotator": 7}, 400, "not valid"),
@@ -243,13 +272,13 @@ def test_malformed_answers_get_4xx_and_never_reach_the_file(server):
         ({**good, "email": "x@example.org"}, 400, "unknown field"),
         ({**good, "item": "q00001"}, 404, "unknown item"),  # a real item id, but not a token
         ({**good, "item": 3}, 404, "unknown item"),
-        ({k: v for k, v in good.items() if k != "answer"}, 400, "must be \"a\" or \"b\""),
+        ({k: v for k, v in good.items() if k != "answer"}, 400, 'must be "a" or "b"'),
         (json.dumps({**good, "pad": "x" * 5000}).encode(), 413, "over 4096 bytes"),
     ]
     for payload, status, message in cases:
         got, body = server.post_answer(payload)
         assert (got, message in body.get("error", "")) == (status, True), (payload, got, body)
-    status, _, data = server.request("POST", "/api/answer", json.dumps(good).encode(), {"Content-Type": "text/plain"})
+    status, _, _data = server.request("POST", "/api/answer", json.dumps(good).encode(), {"Content-Type": "text/plain"})
     assert status == 415
     assert server.request("GET", "/api/answer")[0] == 405
     assert server.request("GET", "/api/next?annotator=../../etc")[0] == 400
@@ -273,6 +302,11 @@ def test_two_answers_for_the_same_item(server):
 
 
 def test_one_server_per_study(server):
-    result = subprocess.run([sys.executable, "-m", "perface", "annotate", "serve", str(server.study), "--port", "0"],
-                            capture_output=True, text=True, env=ENV, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "perface", "annotate", "serve", str(server.study), "--port", "0"],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=120,
+    )
     assert result.returncode == 1 and "another 'perface annotate serve'" in result.stderr

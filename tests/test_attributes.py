@@ -77,9 +77,14 @@ def test_unlabelled_rows_are_ignored_and_classify_takes_the_nearest():
 
 # --- the command on real photos -------------------------------------------------------------
 
-PEOPLE = {"obama.jpg": ("male", "obama"), "obama2.jpg": ("male", "obama"), "obama3.jpg": ("male", "obama"),
-          "biden.jpg": ("male", "biden"), "grace_hopper.jpg": ("female", "hopper"),
-          "astronaut.png": ("female", "astronaut")}
+PEOPLE = {
+    "obama.jpg": ("male", "obama"),
+    "obama2.jpg": ("male", "obama"),
+    "obama3.jpg": ("male", "obama"),
+    "biden.jpg": ("male", "biden"),
+    "grace_hopper.jpg": ("female", "hopper"),
+    "astronaut.png": ("female", "astronaut"),
+}
 
 
 @pytest.fixture(scope="module")
@@ -94,8 +99,11 @@ def labelled_set(tmp_path_factory, faces_dir):
             im = im.convert("RGB")
             im.thumbnail((320, 320))  # detection time
             stem = Path(name).stem
-            for tag, img in (("orig", im), ("flip", ImageOps.mirror(im)),
-                             ("dark", ImageEnhance.Brightness(im).enhance(0.7))):
+            for tag, img in (
+                ("orig", im),
+                ("flip", ImageOps.mirror(im)),
+                ("dark", ImageEnhance.Brightness(im).enhance(0.7)),
+            ):
                 img.save(root / f"{stem}_{tag}.jpg", quality=92)
                 rows.append({"file": f"{stem}_{tag}.jpg", "gender": gender, "person": person})
     (root / "broken.jpg").write_bytes(b"not a jpeg")
@@ -111,8 +119,21 @@ def test_attributes_command_on_real_photos(labelled_set, tmp_path):
     from perface.eval.__main__ import main
 
     out = tmp_path / "out"
-    rc = main(["attributes", "--images", str(labelled_set), "--labels", str(labelled_set / "labels.csv"),
-               "--combine", "gender", "person", "--out", str(out), "--quiet"])
+    rc = main(
+        [
+            "attributes",
+            "--images",
+            str(labelled_set),
+            "--labels",
+            str(labelled_set / "labels.csv"),
+            "--combine",
+            "gender",
+            "person",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
     assert rc == 0
     summary = json.loads((out / "summary.json").read_text())
     (m,) = summary["models"]

@@ -63,5 +63,5 @@ def test_missing_benchmark_or_path_is_an_error_naming_it(tool):
     del data["results"]["rank"]
     with pytest.raises(KeyError, match="benchmark 'rank' is not in the results"):
         tool.render(page, data)
-    with pytest.raises(KeyError, match="rows.9.x: no '9' there"):
+    with pytest.raises(KeyError, match=r"rows\.9\.x: no '9' there"):
         tool.lookup({"rows": [{"x": 1}]}, "rows.9.x")

@@ -42,6 +42,7 @@ def faces(crops) -> torch.Tensor:
 
 # --- conversion equivalence --------------------------------------------------------------------
 
+
 def test_fixture_made_from_the_converted_onnx():
     provenance = json.loads(str(REFERENCE["provenance"]))
     shipped = json.loads((Path(perface.__file__).parent / "weights" / "PROVENANCE.json").read_text())
@@ -79,6 +80,7 @@ def test_embed_is_l2_normalized(metric, faces):
 
 
 # --- distance and gradients ----------------------------------------------------------------------
+
 
 def test_distance_is_zero_with_finite_gradient_at_identical_inputs(metric, faces):
     x = faces[:2].clone().requires_grad_(True)
@@ -128,13 +130,16 @@ def test_chunked_cpu_embedding_equals_one_pass(metric, faces, monkeypatch):
 @pytest.mark.parametrize("setting", ["1", "0"])
 def test_malloc_tuning_applies_on_glibc_and_can_be_switched_off(setting):
     path = Path(perface.__file__).parent / "_malloc.py"  # loaded alone: a fresh process without torch
-    code = ("import ctypes, importlib.util as u, json, sys; "
-            f"spec = u.spec_from_file_location('m', {str(path)!r}); m = u.module_from_spec(spec); "
-            "spec.loader.exec_module(m); "
-            "glibc = sys.platform.startswith('linux') and hasattr(ctypes.CDLL(None), 'gnu_get_libc_version'); "
-            "print(json.dumps([glibc, m.tune_malloc(), m.tune_malloc()]))")
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("MALLOC_") and k not in ("GLIBC_TUNABLES", "LD_PRELOAD")}
+    code = (
+        "import ctypes, importlib.util as u, json, sys; "
+        f"spec = u.spec_from_file_location('m', {str(path)!r}); m = u.module_from_spec(spec); "
+        "spec.loader.exec_module(m); "
+        "glibc = sys.platform.startswith('linux') and hasattr(ctypes.CDLL(None), 'gnu_get_libc_version'); "
+        "print(json.dumps([glibc, m.tune_malloc(), m.tune_malloc()]))"
+    )
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k not in ("GLIBC_TUNABLES", "LD_PRELOAD")
+    }
     env["PERFACE_TUNE_MALLOC"] = setting
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr
@@ -143,6 +148,7 @@ def test_malloc_tuning_applies_on_glibc_and_can_be_switched_off(setting):
 
 
 # --- input contract -------------------------------------------------------------------------------
+
 
 def test_float_above_one_is_rejected_with_min_max_and_fix(metric, faces):
     x = 0.25 + faces[:1] * 0.5  # in [0.25, 0.75], then one pixel at 200
@@ -213,6 +219,7 @@ def test_broadcasting_one_against_many(metric, faces):
 
 
 # --- modes ------------------------------------------------------------------------------------------
+
 
 def _batchnorms(module: nn.Module):
     return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]

@@ -23,8 +23,10 @@ def detector():
 
 
 def test_import_perface_does_not_import_facexlib_or_cv2():
-    code = ("import sys, perface; bad = [m for m in ('facexlib', 'cv2', 'matplotlib') if m in sys.modules]; "
-            "print(','.join(bad)); sys.exit(1 if bad else 0)")
+    code = (
+        "import sys, perface; bad = [m for m in ('facexlib', 'cv2', 'matplotlib') if m in sys.modules]; "
+        "print(','.join(bad)); sys.exit(1 if bad else 0)"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, f"import perface pulled in {proc.stdout.strip()} {proc.stderr[-500:]}"
 
@@ -46,7 +48,9 @@ def test_matches_onnxruntime_fixture(faces_dir, detector):
         assert len(faces) == len(photo["faces"]), photo["file"]
         for ours, ref in zip(faces, photo["faces"]):
             worst["box"] = max(worst["box"], float(np.abs(ours.box - np.array(ref["box"])).max()))
-            worst["landmarks"] = max(worst["landmarks"], float(np.abs(ours.landmarks - np.array(ref["landmarks"])).max()))
+            worst["landmarks"] = max(
+                worst["landmarks"], float(np.abs(ours.landmarks - np.array(ref["landmarks"])).max())
+            )
             worst["score"] = max(worst["score"], abs(ours.score - ref["score"]))
     print("max |torch - onnxruntime|:", worst)
     assert worst["box"] < 0.05 and worst["landmarks"] < 0.05 and worst["score"] < 1e-3
@@ -107,6 +111,7 @@ def test_batch_in_batch_out(faces_dir):
 
 # ---------------------------------------------------------------- the coarse levels alone
 
+
 def _network_input(detector, path):
     image = (perface.load_image(path) * 255).round().to(torch.uint8)
     return detector.prepare(image.unsqueeze(0))[0]
@@ -161,7 +166,7 @@ def _pasted(hopper, sides, canvas=(480, 640)):
         scale = side / float(face.box[2] - face.box[0])
         small = torch.nn.functional.interpolate(hopper[None], scale_factor=scale, mode="area")[0]
         small = (small * 255).round().to(torch.uint8)
-        image[:, 20:20 + small.shape[1], x:x + small.shape[2]] = small
+        image[:, 20 : 20 + small.shape[1], x : x + small.shape[2]] = small
         offsets.append(x)
         x += small.shape[2] + 10
     return image, offsets

@@ -39,6 +39,7 @@ def _eye_distance(landmarks) -> float:
 
 # ---------------------------------------------------------------- the result type
 
+
 def test_embed_result_rows_boxes_landmarks_and_signature(faces_dir, tmp_path, metric):
     paths = [faces_dir / "obama.jpg", tmp_path / "missing.jpg", faces_dir / "biden.jpg"]
     result = embed(paths, metric, progress=False)
@@ -91,6 +92,7 @@ def test_align_crops_matches_align_faces(faces_dir, tmp_path):
 
 # ---------------------------------------------------------------- fault 1: face_index per input
 
+
 def test_face_index_applies_to_its_own_side(hopper, astronaut, faces_dir):
     """similarity(group, one-face photo, face_index_a=1) picks the second face of the group and
     leaves the one-face photo alone (it used to raise NoFaceError for it)."""
@@ -118,6 +120,7 @@ def test_multi_face_warning_names_the_right_argument(hopper, faces_dir):
 
 # ---------------------------------------------------------------- fault 2: small faces, large photos
 
+
 def _small_face_photo(hopper, path, canvas=(4500, 6000), face_px=100, at=(3100, 1900)):
     """``hopper`` scaled so that its face is ~``face_px`` wide, pasted on a grey canvas; the
     pasted pixels are returned as the reference photo."""
@@ -127,7 +130,7 @@ def _small_face_photo(hopper, path, canvas=(4500, 6000), face_px=100, at=(3100, 
     small = (small.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
     image = np.full(canvas + (3,), 120, np.uint8)
     y, x = at
-    image[y:y + small.shape[0], x:x + small.shape[1]] = small
+    image[y : y + small.shape[0], x : x + small.shape[1]] = small
     Image.fromarray(image).save(path, quality=92)
     return small
 
@@ -177,6 +180,7 @@ def test_photo_decodes_at_the_asked_scale(faces_dir):
 
 # ---------------------------------------------------------------- fault 3: rotated photos
 
+
 @pytest.mark.parametrize("quarter_turns", [1, 2, 3])
 def test_rotated_photo_scores_like_the_upright_one(faces_dir, quarter_turns):
     """obama.jpg turned by 90/180/270 degrees (no EXIF tag) scores against obama2.jpg as the
@@ -191,8 +195,9 @@ def test_rotated_photo_scores_like_the_upright_one(faces_dir, quarter_turns):
     face = perface.detect_faces(upright)[0]
     h, w = upright.shape[-2:]
     x, y = face.landmarks[:, 0], face.landmarks[:, 1]
-    expected = {1: np.stack([y, w - 1 - x], 1), 2: np.stack([w - 1 - x, h - 1 - y], 1),
-                3: np.stack([h - 1 - y, x], 1)}[quarter_turns]
+    expected = {1: np.stack([y, w - 1 - x], 1), 2: np.stack([w - 1 - x, h - 1 - y], 1), 3: np.stack([h - 1 - y, x], 1)}[
+        quarter_turns
+    ]
     assert np.abs(back.landmarks - expected).max() < 0.1 * _eye_distance(face.landmarks)
 
 
@@ -208,6 +213,7 @@ def test_collapsed_landmarks_are_named():
 
 
 # ---------------------------------------------------------------- fault 4: fixed-template conversions
+
 
 def _scale_of(template: str, size: int) -> float:
     p = template_points(template, size)
@@ -257,6 +263,7 @@ def test_conversion_matches_the_native_crop(source, target, faces_dir, metric):
 
 # ---------------------------------------------------------------- fault 5: alignment per input
 
+
 def test_align_pair_converts_each_input_by_its_own_format(faces_dir):
     """The FAQ setup: an FFHQ crop against an ArcFace crop of the same face. One mode for both
     converted the ArcFace crop as if it were FFHQ (distance 0.45); the pair gets ~0."""
@@ -280,6 +287,7 @@ def test_align_pair_converts_each_input_by_its_own_format(faces_dir):
 
 
 # ---------------------------------------------------------------- fault 6: tensor edges
+
 
 def test_empty_batch_gives_an_empty_result(metric):
     empty = torch.rand(0, 3, 112, 112)
@@ -324,6 +332,7 @@ def test_no_file_handle_left_open(faces_dir, tmp_path):
 
 # ---------------------------------------------------------------- HEIC
 
+
 def test_heic_photos_read_through_pillow_heif(faces_dir, tmp_path):
     pillow_heif = pytest.importorskip("pillow_heif")
     pillow_heif.register_heif_opener()
@@ -347,12 +356,18 @@ def test_heic_without_pillow_heif_names_the_extra(faces_dir, tmp_path, monkeypat
 
 # ---------------------------------------------------------------- speed paths give the same numbers
 
+
 def test_photo_threads_give_the_one_at_a_time_result(faces_dir, tmp_path, metric):
     """With 2 torch threads, photos are read, detected and aligned one per thread: the rows,
     failures and order are those of embedding each photo on its own (the plain path), and the
     caller's thread count is kept."""
-    paths = [faces_dir / "obama.jpg", tmp_path / "missing.jpg", faces_dir / "astronaut.png", faces_dir / "biden.jpg",
-             faces_dir / "obama2_rgba.png"]
+    paths = [
+        faces_dir / "obama.jpg",
+        tmp_path / "missing.jpg",
+        faces_dir / "astronaut.png",
+        faces_dir / "biden.jpg",
+        faces_dir / "obama2_rgba.png",
+    ]
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
@@ -396,7 +411,7 @@ def test_face_index_all_lists_a_small_face_beside_a_large_one(hopper):
     for side in (150, 30):
         scale = side / float(face.box[2] - face.box[0])
         small = F.interpolate(hopper[None], scale_factor=scale, mode="area")[0]
-        canvas[:, 20:20 + small.shape[1], x:x + small.shape[2]] = small
+        canvas[:, 20 : 20 + small.shape[1], x : x + small.shape[2]] = small
         small_at, x = x, x + small.shape[2] + 10
     every = embed([canvas], face_index="all", progress=False)
     assert len(every) == 2 and every.boxes[1, 0] > small_at - 5

@@ -42,14 +42,22 @@ def sets(tmp_path_factory, faces_dir):
     for i, name in enumerate(PHOTOS[:4]):  # astronaut.png stays without a counterpart
         with Image.open(orig / name) as im:
             im = im.convert("RGB")
-            altered = im.filter(ImageFilter.GaussianBlur(radius=max(im.size) / 60)) if i % 2 == 0 \
+            altered = (
+                im.filter(ImageFilter.GaussianBlur(radius=max(im.size) / 60))
+                if i % 2 == 0
                 else ImageOps.posterize(ImageOps.colorize(ImageOps.grayscale(im), "#301000", "#ffe0a0"), 3)
+            )
             altered.save(anon / (name.rsplit(".", 1)[0] + ".png"))  # extension differs on purpose
     Image.new("RGB", (300, 300), (128, 128, 128)).save(anon / "grace_hopper.png")  # no face
     Image.new("RGB", (64, 64), (0, 0, 0)).save(anon / "stranger.png")  # no original
     ids = root / "identities.csv"
-    ids.write_text("file,identity\n" + "".join(f"{n},obama\n" for n in (
-        "obama.jpg", "obama2.jpg", "obama3.jpg", "obama2_rgba.png", "obama_partial_face.jpg")))
+    ids.write_text(
+        "file,identity\n"
+        + "".join(
+            f"{n},obama\n"
+            for n in ("obama.jpg", "obama2.jpg", "obama3.jpg", "obama2_rgba.png", "obama_partial_face.jpg")
+        )
+    )
     return {"orig": orig, "copy": copy, "anon": anon, "ids": ids}
 
 
@@ -79,8 +87,23 @@ def test_reid_ranks_count_better_impostors():
 @pytest.fixture(scope="module")
 def anon_out(sets, tmp_path_factory):
     out = tmp_path_factory.mktemp("anon_report")
-    rc = _main(["anonymization", "--original", str(sets["orig"]), "--anonymized", str(sets["anon"]),
-                "--identities", str(sets["ids"]), "--thresholds", "0.3", "0.5", "--out", str(out), "--quiet"])
+    rc = _main(
+        [
+            "anonymization",
+            "--original",
+            str(sets["orig"]),
+            "--anonymized",
+            str(sets["anon"]),
+            "--identities",
+            str(sets["ids"]),
+            "--thresholds",
+            "0.3",
+            "0.5",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
     assert rc == 0
     return out
 
@@ -123,9 +146,26 @@ def test_unaltered_copies_are_fully_identifiable_and_score_above_anonymized(sets
 
 def test_real_photo_folder_as_gallery(sets, faces_dir, tmp_path):
     out = tmp_path / "g"
-    assert _main(["anonymization", "--original", str(sets["orig"]), "--anonymized", str(sets["copy"]),
-                  "--gallery", str(faces_dir), "--identities", str(sets["ids"]), "--out", str(out),
-                  "--quiet", "--no-plot"]) == 0
+    assert (
+        _main(
+            [
+                "anonymization",
+                "--original",
+                str(sets["orig"]),
+                "--anonymized",
+                str(sets["copy"]),
+                "--gallery",
+                str(faces_dir),
+                "--identities",
+                str(sets["ids"]),
+                "--out",
+                str(out),
+                "--quiet",
+                "--no-plot",
+            ]
+        )
+        == 0
+    )
     (m,) = json.loads((out / "summary.json").read_text())["models"]
     # gallery: every photo of ../shared/data/faces; identities obama (5 files), biden, grace_hopper, astronaut
     assert m["reid_gallery_identities"] == 4 and m["reid_queries"] == 6 and m["reid_no_true_match"] == 0

@@ -70,9 +70,24 @@ def test_attribute_report_marks_small_groups_and_shows_signature():
     from perface.eval.attributes import _markdown
 
     out, notes, _ = _task(["young"] * 6 + ["old"] * 2)
-    report = {"images": "imgs", "labels": "labels.csv", "confidence": 0.95, "files": ["x"] * 8, "tasks": ["age"],
-              "warnings": notes, "models": [{"model": "sface", "perceptual": False, "signature": "SIG", "n_ok": 8,
-                                             "failures": [], "tasks": {"age": out}}]}
+    report = {
+        "images": "imgs",
+        "labels": "labels.csv",
+        "confidence": 0.95,
+        "files": ["x"] * 8,
+        "tasks": ["age"],
+        "warnings": notes,
+        "models": [
+            {
+                "model": "sface",
+                "perceptual": False,
+                "signature": "SIG",
+                "n_ok": 8,
+                "failures": [],
+                "tasks": {"age": out},
+            }
+        ],
+    }
     text = _markdown(report)
     assert "| age | old (*too small*) | 2 |" in text and "| age | young | 6 |" in text
     assert "Metric signature: `SIG`" in text and "## Warnings" in text
@@ -81,9 +96,22 @@ def test_attribute_report_marks_small_groups_and_shows_signature():
 def test_triplet_rows_below_twenty_are_warned_about():
     from perface.eval.triplets import format_table, warn_small
 
-    rows = [{"model": "sface", "checkpoint": "sface", "template": "arcface", "align": "none", "group": g,
-             "accuracy": 0.5, "ci_low": 0.2, "ci_high": 0.8, "n": n, "failed": 0, "signature": "SIG"}
-            for g, n in (("all", 25), ("hard", 7))]
+    rows = [
+        {
+            "model": "sface",
+            "checkpoint": "sface",
+            "template": "arcface",
+            "align": "none",
+            "group": g,
+            "accuracy": 0.5,
+            "ci_low": 0.2,
+            "ci_high": 0.8,
+            "n": n,
+            "failed": 0,
+            "signature": "SIG",
+        }
+        for g, n in (("all", 25), ("hard", 7))
+    ]
     with pytest.warns(UserWarning, match=r"only 7 triplets scored for sface, group 'hard'"):
         messages = warn_small(rows)
     assert len(messages) == 1

@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import load_file, save
 
 from fake_hub import FakeHub, point_hf_at, subprocess_env
-from perface import ChecksumMismatchError, WeightsNotCachedError, WeightsNotFoundError
+from perface import ChecksumMismatchError, WeightsNotCachedError, WeightsNotFoundError, registry
 from perface.hub import (
     hub_cache_dir,
     import_weights,
@@ -33,7 +33,6 @@ from perface.hub import (
     verify_source,
     weights_status,
 )
-from perface import registry
 from perface.registry import WeightsSource
 
 REPO = "acme/tiny"
@@ -42,8 +41,11 @@ PTH = "models/tiny.pth"
 
 def tiny_state(seed: int) -> dict:
     g = torch.Generator().manual_seed(seed)
-    return {"conv.weight": torch.randn(4, 3, 3, 3, generator=g), "bn.running_mean": torch.randn(4, generator=g),
-            "bn.num_batches_tracked": torch.tensor(seed)}
+    return {
+        "conv.weight": torch.randn(4, 3, 3, 3, generator=g),
+        "bn.running_mean": torch.randn(4, generator=g),
+        "bn.num_batches_tracked": torch.tensor(seed),
+    }
 
 
 def pth_bytes(seed: int) -> bytes:
@@ -74,16 +76,23 @@ def tiny(fake_hub):
     """A pinned .pth source on the stand-in Hub: (source, file bytes)."""
     data = pth_bytes(1)
     commit = fake_hub.add_commit(REPO, {PTH: data})
-    source = WeightsSource(kind="hub", repo_id=REPO, filename=PTH, revision=commit, sha256=sha(data),
-                           size=len(data), format="pth")
+    source = WeightsSource(
+        kind="hub", repo_id=REPO, filename=PTH, revision=commit, sha256=sha(data), size=len(data), format="pth"
+    )
     return source, data
 
 
 def safetensors_source(hub: FakeHub, seed: int = 2, pin: bool = True) -> WeightsSource:
     data = save(tiny_state(seed))
     commit = hub.add_commit(REPO, {"model.safetensors": data})
-    return WeightsSource(kind="hub", repo_id=REPO, filename="model.safetensors", revision=commit,
-                         sha256=sha(data) if pin else "", size=len(data))
+    return WeightsSource(
+        kind="hub",
+        repo_id=REPO,
+        filename="model.safetensors",
+        revision=commit,
+        sha256=sha(data) if pin else "",
+        size=len(data),
+    )
 
 
 def test_first_download_converts_pth_once(hf_env, fake_hub, tiny):
@@ -134,8 +143,9 @@ def test_pinned_revision_gets_that_commits_file(hf_env, fake_hub):
     old_commit = fake_hub.add_commit(REPO, {PTH: old})
     new_commit = fake_hub.add_commit(REPO, {PTH: new})
     assert old_commit != new_commit
-    pinned = WeightsSource(kind="hub", repo_id=REPO, filename=PTH, revision=old_commit, sha256=sha(old),
-                           size=len(old), format="pth")
+    pinned = WeightsSource(
+        kind="hub", repo_id=REPO, filename=PTH, revision=old_commit, sha256=sha(old), size=len(old), format="pth"
+    )
     path = resolve_weights(pinned, "tiny")
     assert torch.equal(load_file(str(path))["conv.weight"], tiny_state(1)["conv.weight"])
     paths = {p for (m, p) in fake_hub.requests if "/resolve/" in p}
@@ -178,11 +188,14 @@ def test_tampered_converted_file_is_caught(hf_env, fake_hub, tiny):
     assert not all(c.ok for c in verify_source(source, "tiny"))
 
 
-@pytest.mark.parametrize("what, change, needle", [
-    ("file", {"filename": "models/missing.pth"}, "does not exist (HTTP 404)"),
-    ("repo", {"repo_id": "acme/nope"}, "HF_TOKEN"),
-    ("revision", {"revision": "no-such-branch"}, "revision 'no-such-branch' does not exist"),
-])
+@pytest.mark.parametrize(
+    "what, change, needle",
+    [
+        ("file", {"filename": "models/missing.pth"}, "does not exist (HTTP 404)"),
+        ("repo", {"repo_id": "acme/nope"}, "HF_TOKEN"),
+        ("revision", {"revision": "no-such-branch"}, "revision 'no-such-branch' does not exist"),
+    ],
+)
 def test_404s_name_the_problem(hf_env, fake_hub, tiny, what, change, needle):
     source, _ = tiny
     with pytest.raises(WeightsNotFoundError) as info:
@@ -272,8 +285,12 @@ def test_concurrent_first_use_from_two_processes(fake_hub, tiny, tmp_path):
     fake_hub.head_barrier = 2  # neither process gets an answer before both have asked: they overlap
     env = subprocess_env(fake_hub.endpoint, tmp_path / "hf_home")
     arg = json.dumps(asdict(source))
-    procs = [subprocess.Popen([sys.executable, "-c", _WORKER, arg], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _WORKER, arg], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
     results, logs = [], ""
     for proc in procs:
         out, err = proc.communicate(timeout=120)

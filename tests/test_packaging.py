@@ -70,8 +70,11 @@ def test_citation_bibtex_in_readme_matches_citation_cff():
     bib = re.search(r"```bibtex\n(.+?)```", readme, re.S)
     assert bib, "README.md has no BibTeX block"
     cff = (REPO / "CITATION.cff").read_text(encoding="utf-8")
-    for needle in ("PerFace: Metric Learning in Perceptual Facial Similarity for Enhanced Face Anonymization",
-                   "2509.20281", "2025"):
+    for needle in (
+        "PerFace: Metric Learning in Perceptual Facial Similarity for Enhanced Face Anonymization",
+        "2509.20281",
+        "2025",
+    ):
         assert needle in bib.group(1) and needle in cff
     for author in ("Kumagai", "Ikehata", "Aizawa"):
         assert author in bib.group(1)

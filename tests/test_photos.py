@@ -40,9 +40,10 @@ def all_photos(faces_dir):
 
 # ---------------------------------------------------------------- input types
 
+
 def test_load_image_contract(hopper):
     assert hopper.shape == (3, 512, 512) and hopper.dtype == torch.float32
-    assert 0.0 <= float(hopper.min()) and float(hopper.max()) <= 1.0
+    assert float(hopper.min()) >= 0.0 and float(hopper.max()) <= 1.0
 
 
 def test_every_input_type_loads_the_same_pixels(hopper_path, hopper):
@@ -159,6 +160,7 @@ def test_16bit_rgb_png(tmp_path, hopper):
 
 # ---------------------------------------------------------------- unreadable / no face
 
+
 def _truncated(path, tmp_path):
     data = path.read_bytes()
     out = tmp_path / "truncated.jpg"
@@ -185,13 +187,18 @@ def test_unreadable_files_raise_image_read_error(case, tmp_path, hopper_path):
         perface.load_image(path)
     assert str(path) in str(info.value)
     assert isinstance(info.value, ValueError)
-    fix = {"missing": "check the path", "empty": "re-download", "truncated": "re-download",
-           "text": "JPEG", "directory": "image file"}[case]
+    fix = {
+        "missing": "check the path",
+        "empty": "re-download",
+        "truncated": "re-download",
+        "text": "JPEG",
+        "directory": "image file",
+    }[case]
     assert fix in str(info.value)
 
 
 def test_single_pair_raises(tmp_path, hopper_path):
-    with pytest.raises(ImageReadError, match="nope.jpg"):
+    with pytest.raises(ImageReadError, match=r"nope\.jpg"):
         perface.similarity(tmp_path / "nope.jpg", hopper_path)
     blank = np.full((200, 200, 3), 128, np.uint8)
     with pytest.raises(NoFaceError, match="no face"):
@@ -200,7 +207,7 @@ def test_single_pair_raises(tmp_path, hopper_path):
 
 def test_prepare_face(hopper_path):
     crop = perface.photos.prepare_face(hopper_path)
-    assert crop.shape == (3, 112, 112) and 0 <= float(crop.min()) and float(crop.max()) <= 1
+    assert crop.shape == (3, 112, 112) and float(crop.min()) >= 0 and float(crop.max()) <= 1
     assert perface.photos.prepare_face(hopper_path, "simceleba", 224).shape == (3, 224, 224)
     with pytest.raises(NoFaceError):
         perface.photos.prepare_face(torch.rand(3, 100, 100, generator=torch.Generator().manual_seed(1)))
@@ -253,10 +260,11 @@ def test_similarity_batches(tmp_path, hopper, faces_dir):
 
 # ---------------------------------------------------------------- the real-photo numbers
 
+
 def test_same_person_scores_above_every_cross_person_pair(all_photos):
     sims = {}
     for i, a in enumerate(SAME + OTHERS):
-        for b in (SAME + OTHERS)[i + 1:]:
+        for b in (SAME + OTHERS)[i + 1 :]:
             sims[(a, b)] = float(all_photos[a] @ all_photos[b])
     same = {k: v for k, v in sims.items() if k[0] in SAME and k[1] in SAME}
     cross = {k: v for k, v in sims.items() if k not in same}
@@ -281,6 +289,7 @@ def test_partial_face_scores_by_design(all_photos):
 
 # ---------------------------------------------------------------- CLI
 
+
 def test_cli_similarity(capsys, hopper_path, faces_dir, tmp_path):
     ref, other, bad = hopper_path, faces_dir / "astronaut.png", tmp_path / "gone.jpg"
     assert cli_main(["similarity", str(ref), str(other), str(bad)]) == 0
@@ -294,7 +303,7 @@ def test_cli_similarity(capsys, hopper_path, faces_dir, tmp_path):
     assert cli_main(["similarity", "--json", str(ref), str(other), str(bad)]) == 0
     records = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
     assert records[0]["model"] == "sface" and records[0]["error"] is None
-    assert records[0]["signature"] == signature[len("signature="):]
+    assert records[0]["signature"] == signature[len("signature=") :]
     assert abs(records[0]["similarity"] - float(score)) < 1e-4
     assert records[1]["similarity"] is None and "gone.jpg" in records[1]["error"]
 

@@ -68,8 +68,13 @@ def test_round_trip_keeps_changed_weights_and_card_fields(faces, tmp_path):
             p.add_(0.01 * torch.randn_like(p))
         changed = metric.embed(faces)
     assert not torch.equal(before, changed)
-    out = metric.save_pretrained(tmp_path / "tuned", name="sface-tuned", perceptual=True,
-                                 trained_on="SimCelebA triplets", scores={"simceleba_triplet_accuracy": 0.5})
+    out = metric.save_pretrained(
+        tmp_path / "tuned",
+        name="sface-tuned",
+        perceptual=True,
+        trained_on="SimCelebA triplets",
+        scores={"simceleba_triplet_accuracy": 0.5},
+    )
     config = json.loads((out / "config.json").read_text())
     assert config["name"] == "sface-tuned" and config["perceptual"] is True
     card = (out / "README.md").read_text()
@@ -89,11 +94,14 @@ def test_non_apache_license_goes_to_other(sface, tmp_path):
     assert "license: other" in card and "license_name: insightface-non-commercial-research-use-only" in card
 
 
-@pytest.mark.parametrize("edit, needle", [
-    ("drop", "missing keys: fc.weight"),
-    ("extra", "unexpected keys: head.weight"),
-    ("shape", "fc.bias (7,) vs (128,)"),
-])
+@pytest.mark.parametrize(
+    "edit, needle",
+    [
+        ("drop", "missing keys: fc.weight"),
+        ("extra", "unexpected keys: head.weight"),
+        ("shape", "fc.bias (7,) vs (128,)"),
+    ],
+)
 def test_strict_loading_names_bad_keys(saved, edit, needle):
     path = saved / "model.safetensors"
     state = load_file(str(path))
@@ -109,10 +117,13 @@ def test_strict_loading_names_bad_keys(saved, edit, needle):
     assert needle in str(info.value) and str(saved) in str(info.value)
 
 
-@pytest.mark.parametrize("change, needle", [
-    ({"colour": "blue"}, "unknown keys ['colour']"),
-    ({"arch": "resnet9000"}, "cannot build"),
-])
+@pytest.mark.parametrize(
+    "change, needle",
+    [
+        ({"colour": "blue"}, "unknown keys ['colour']"),
+        ({"arch": "resnet9000"}, "cannot build"),
+    ],
+)
 def test_incompatible_config_is_an_error(saved, change, needle):
     config_path = saved / "config.json"
     config = json.loads(config_path.read_text())
@@ -125,7 +136,7 @@ def test_incompatible_config_is_an_error(saved, change, needle):
 
 def test_missing_config_and_legacy_files_explain_the_fix(saved, tmp_path):
     (saved / "config.json").unlink()
-    with pytest.raises(FileNotFoundError, match="config.json not found"):
+    with pytest.raises(FileNotFoundError, match=r"config\.json not found"):
         perface.PerFace.from_pretrained(saved)
     legacy = tmp_path / "weights.pth"
     legacy.write_bytes(b"not a checkpoint")
@@ -227,8 +238,14 @@ def test_arcface_without_network_fails_fast_and_says_what_to_do(tmp_path, monkey
         perface.PerFace("arcface-r50-ms1mv3")
     assert time.monotonic() - start < 10
     message = str(info.value)
-    for needle in ("'arcface-r50-ms1mv3'", str(home / "hub"), "could not be reached",
-                   "perface download arcface-r50-ms1mv3", "--from-file", "HF_ENDPOINT"):
+    for needle in (
+        "'arcface-r50-ms1mv3'",
+        str(home / "hub"),
+        "could not be reached",
+        "perface download arcface-r50-ms1mv3",
+        "--from-file",
+        "HF_ENDPOINT",
+    ):
         assert needle in message, needle
 
 
@@ -246,8 +263,13 @@ def test_env_vars_offline_cli_in_fresh_process(hub_repo, tmp_path):
     perface.PerFace.from_pretrained(f"acme/sface-copy@{commit}")  # fills tmp_path/hf_home
     hub.reset_counts()
     env = subprocess_env(hub.endpoint, tmp_path / "hf_home", HF_HUB_OFFLINE="1")
-    proc = subprocess.run([sys.executable, "-c", _OFFLINE_CLI, f"acme/sface-copy@{commit}"], env=env,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", _OFFLINE_CLI, f"acme/sface-copy@{commit}"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert [line for line in proc.stdout.splitlines() if line.startswith("rc ")] == ["rc 0", "rc 1"]
     assert "offline mode is on (HF_HUB_OFFLINE=1)" in proc.stderr

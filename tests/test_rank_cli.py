@@ -20,8 +20,16 @@ from PIL import Image
 from perface import cli
 
 OBAMA = {"obama.jpg", "obama2.jpg", "obama3.jpg", "obama2_rgba.png", "obama_partial_face.jpg"}
-LABELS = {"obama.jpg": "m", "obama2.jpg": "m", "obama3.jpg": "m", "obama2_rgba.png": "m",
-          "obama_partial_face.jpg": "m", "biden.jpg": "m", "grace_hopper.jpg": "f", "astronaut.png": "f"}
+LABELS = {
+    "obama.jpg": "m",
+    "obama2.jpg": "m",
+    "obama3.jpg": "m",
+    "obama2_rgba.png": "m",
+    "obama_partial_face.jpg": "m",
+    "biden.jpg": "m",
+    "grace_hopper.jpg": "f",
+    "astronaut.png": "f",
+}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -61,8 +69,9 @@ def pool(faces_dir, tmp_path_factory):
 def ranked(pool, tmp_path_factory):
     out = tmp_path_factory.mktemp("out")
     cache = tmp_path_factory.mktemp("cache")
-    status = cli.main(["rank", str(pool / "obama.jpg"), str(pool), "--out", str(out), "--cache", str(cache),
-                       "--top", "20", "-q"])
+    status = cli.main(
+        ["rank", str(pool / "obama.jpg"), str(pool), "--out", str(out), "--cache", str(cache), "--top", "20", "-q"]
+    )
     assert status == 0
     return out, cache
 
@@ -109,8 +118,23 @@ def test_pictures_open_with_sensible_sizes(ranked):
 
 def test_band_and_identity_exclusion_use_the_cache(ranked, pool, tmp_path, capsys):
     _, cache = ranked
-    status = cli.main(["rank", str(pool / "obama.jpg"), str(pool), "--out", str(tmp_path), "--cache", str(cache),
-                       "--band", "-0.5", "0.5", "--exclude-identity", "0.6", "-q"])
+    status = cli.main(
+        [
+            "rank",
+            str(pool / "obama.jpg"),
+            str(pool),
+            "--out",
+            str(tmp_path),
+            "--cache",
+            str(cache),
+            "--band",
+            "-0.5",
+            "0.5",
+            "--exclude-identity",
+            "0.6",
+            "-q",
+        ]
+    )
     assert status == 0
     assert " 0 embedded now" in capsys.readouterr().out  # every pool photo came from the cache
     files = [r["file"] for r in read_csv(tmp_path / "ranking.csv")]
@@ -123,17 +147,18 @@ def test_groups_from_labels(ranked, pool, tmp_path):
     labels.write_text("file,gender\n" + "".join(f"{k},{v}\n" for k, v in LABELS.items()))
     import perface
 
-    same = perface.rank(pool / "obama.jpg", pool, labels=labels, group="gender", exclude_identity=0.6,
-                        cache=cache, progress=False)
+    same = perface.rank(
+        pool / "obama.jpg", pool, labels=labels, group="gender", exclude_identity=0.6, cache=cache, progress=False
+    )
     assert same.files == ["biden.jpg"]  # the only other man once Obama's photos are excluded
-    women = perface.rank(pool / "obama.jpg", pool, labels=labels, group=["gender=f"], top=5, cache=cache,
-                         progress=False)
+    women = perface.rank(
+        pool / "obama.jpg", pool, labels=labels, group=["gender=f"], top=5, cache=cache, progress=False
+    )
     assert sorted(women.files) == ["astronaut.png", "grace_hopper.jpg"] and women.pool.embedded == 0
 
 
 def test_bad_target_is_an_error_message(pool, tmp_path, capsys):
-    status = cli.main(["rank", str(pool / "blank_wall.png"), str(pool), "--out", str(tmp_path), "--no-cache",
-                       "-q"])
+    status = cli.main(["rank", str(pool / "blank_wall.png"), str(pool), "--out", str(tmp_path), "--no-cache", "-q"])
     assert status == 1
     assert "blank_wall.png" in capsys.readouterr().err
 
@@ -164,8 +189,20 @@ def test_embed_pool_by_shards_then_merge(faces_dir, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "3 files, 3 faces, 0 without an embedding; 0 embedded now, 3 from the cache" in out  # nothing new
     assert not list(cache.glob("*.shard-*"))
-    status = cli.main(["rank", str(faces_dir / "obama.jpg"), str(pool), "--out", str(tmp_path / "out"),
-                       "--cache", str(cache), "--top", "1", "-q"])
+    status = cli.main(
+        [
+            "rank",
+            str(faces_dir / "obama.jpg"),
+            str(pool),
+            "--out",
+            str(tmp_path / "out"),
+            "--cache",
+            str(cache),
+            "--top",
+            "1",
+            "-q",
+        ]
+    )
     assert status == 0 and " 0 embedded now" in capsys.readouterr().out
     assert [r["file"] for r in read_csv(tmp_path / "out" / "ranking.csv")] == ["obama2.jpg"]
 
@@ -188,9 +225,25 @@ def test_copies_and_links_of_the_target_are_left_out_unless_kept(ranked, pool, t
     files = [r["file"] for r in read_csv(out / "ranking.csv")]
     assert not {"obama.jpg", "copies/obama_copy.jpg", "copies/obama_link.jpg"} & set(files)
     assert json.loads((out / "summary.json").read_text())["excluded_copies"] == [
-        "copies/obama_copy.jpg", "copies/obama_link.jpg", "obama.jpg"]
-    status = cli.main(["rank", str(pool / "obama.jpg"), str(pool), "--out", str(tmp_path), "--cache", str(cache),
-                       "--top", "2", "--keep-copies", "-q"])
+        "copies/obama_copy.jpg",
+        "copies/obama_link.jpg",
+        "obama.jpg",
+    ]
+    status = cli.main(
+        [
+            "rank",
+            str(pool / "obama.jpg"),
+            str(pool),
+            "--out",
+            str(tmp_path),
+            "--cache",
+            str(cache),
+            "--top",
+            "2",
+            "--keep-copies",
+            "-q",
+        ]
+    )
     assert status == 0 and "left out 1 file(s) as the target or a copy of it: obama.jpg" in capsys.readouterr().out
     rows = read_csv(tmp_path / "ranking.csv")
     assert sorted(r["file"] for r in rows) == ["copies/obama_copy.jpg", "copies/obama_link.jpg"]
@@ -207,11 +260,15 @@ def test_every_output_carries_the_metric_signature(ranked, pool, tmp_path, capsy
     summary = json.loads((out / "summary.json").read_text())
     assert summary["signature"] == expected
     assert summary["files"] == 14 and summary["faces"] == 10 and summary["failed"] == 4
-    status = cli.main(["rank", str(pool / "biden.jpg"), str(pool), "--out", str(tmp_path), "--cache", str(cache),
-                       "--top", "3", "-q"])
+    status = cli.main(
+        ["rank", str(pool / "biden.jpg"), str(pool), "--out", str(tmp_path), "--cache", str(cache), "--top", "3", "-q"]
+    )
     printed = capsys.readouterr().out
     assert status == 0 and f"signature: {expected}" in printed.splitlines()
-    assert "pool " in printed and "14 files, 10 faces, 4 without an embedding; 0 embedded now, 13 from the cache" in printed
+    assert (
+        "pool " in printed
+        and "14 files, 10 faces, 4 without an embedding; 0 embedded now, 13 from the cache" in printed
+    )
 
 
 def test_interrupted_output_leaves_the_out_folder_as_it_was(ranked, pool, tmp_path, monkeypatch, capsys):
@@ -246,14 +303,18 @@ def test_ctrl_c_while_embedding_keeps_progress_and_exits_130(faces_dir, tmp_path
     for p in photos:
         shutil.copy(p, pool / p.name)
     total = len(photos)
-    proc = subprocess.Popen(perface_cli("embed-pool", str(pool), "--cache", str(cache), "--save-every", "2", "-q"),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    proc = subprocess.Popen(
+        perface_cli("embed-pool", str(pool), "--cache", str(cache), "--save-every", "2", "-q"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
     deadline = time.monotonic() + 300
     while not list(cache.glob("sface.part-*.safetensors")) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
     proc.send_signal(signal.SIGINT)  # what Ctrl-C does
-    out, err = proc.communicate(timeout=120)
+    _out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert err.strip().splitlines() == ["perface embed-pool: interrupted"]  # one line, no traceback
     from perface.ranking.pool import read_cache
@@ -261,8 +322,13 @@ def test_ctrl_c_while_embedding_keeps_progress_and_exits_130(faces_dir, tmp_path
     saved = sum(len(read_cache(p)) for p in cache.glob("sface.part-*.safetensors"))
     assert 2 <= saved < total  # stopped midway, with the finished chunks on disk
 
-    again = subprocess.run(perface_cli("embed-pool", str(pool), "--cache", str(cache), "-q"),
-                           capture_output=True, text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    again = subprocess.run(
+        perface_cli("embed-pool", str(pool), "--cache", str(cache), "-q"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
     assert again.returncode == 0, again.stderr
     assert f"{total - saved} embedded now, {saved} from the cache" in again.stdout  # nothing embedded twice
 
@@ -272,8 +338,14 @@ def test_read_only_cache_warns_once_and_ranks_without_it(faces_dir, tmp_path):
     if os.geteuid() == 0:  # root ignores permission bits: run the command without that power
         if shutil.which("setpriv") is None:
             pytest.skip("running as root without setpriv to drop CAP_DAC_OVERRIDE")
-        prefix = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search",
-                  "--inh-caps", "-dac_override,-dac_read_search", "--"]
+        prefix = [
+            "setpriv",
+            "--bounding-set",
+            "-dac_override,-dac_read_search",
+            "--inh-caps",
+            "-dac_override,-dac_read_search",
+            "--",
+        ]
     else:
         prefix = []
     pool, cache, out = tmp_path / "pool", tmp_path / "cache", tmp_path / "out"
@@ -284,9 +356,13 @@ def test_read_only_cache_warns_once_and_ranks_without_it(faces_dir, tmp_path):
     cache.chmod(0o555)
     try:
         env = dict(os.environ, PERFACE_CACHE=str(cache), MPLCONFIGDIR=tempfile.mkdtemp(dir=tmp_path))
-        proc = subprocess.run(prefix + perface_cli("rank", str(pool / "obama.jpg"), str(pool), "--out", str(out),
-                                                   "--top", "1", "-q"),
-                              capture_output=True, text=True, timeout=600, env=env)
+        proc = subprocess.run(
+            prefix + perface_cli("rank", str(pool / "obama.jpg"), str(pool), "--out", str(out), "--top", "1", "-q"),
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env=env,
+        )
     finally:
         cache.chmod(0o755)
     assert proc.returncode == 0, proc.stderr
@@ -299,6 +375,7 @@ def test_read_only_cache_warns_once_and_ranks_without_it(faces_dir, tmp_path):
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
 def test_device_cuda_without_cuda_names_the_fix(pool, tmp_path, capsys):
-    status = cli.main(["rank", str(pool / "obama.jpg"), str(pool), "--out", str(tmp_path), "--no-cache",
-                       "--device", "cuda", "-q"])
+    status = cli.main(
+        ["rank", str(pool / "obama.jpg"), str(pool), "--out", str(tmp_path), "--no-cache", "--device", "cuda", "-q"]
+    )
     assert status == 1 and "--device cpu" in capsys.readouterr().err

@@ -137,8 +137,12 @@ class FakeEmbedder:
     b"noface" fail. Records every call."""
 
     def __init__(self, name: str = "fake", dim: int = 16):
-        self.key = {"model": name, "template": "arcface", "fingerprint": hashlib.sha256(name.encode()).hexdigest(),
-                    "signature": f"perface:test|model:{name}@00000000|det:none|align:none|tpl:arcface|size:112|prec:fp32"}
+        self.key = {
+            "model": name,
+            "template": "arcface",
+            "fingerprint": hashlib.sha256(name.encode()).hexdigest(),
+            "signature": f"perface:test|model:{name}@00000000|det:none|align:none|tpl:arcface|size:112|prec:fp32",
+        }
         self.dim = dim
         self.calls = []
 
@@ -193,8 +197,9 @@ def test_cache_reuse_invalidation_and_incremental_extension(tmp_path):
     assert "p05.jpg" not in updated.files and len(updated) == 7
     row = updated.files.index("p00.jpg")
     assert torch.equal(updated.embeddings[row], pool.embeddings[pool.files.index("p00.jpg")])
-    assert not torch.equal(updated.embeddings[updated.files.index("p03.jpg")],
-                           pool.embeddings[pool.files.index("p03.jpg")])
+    assert not torch.equal(
+        updated.embeddings[updated.files.index("p03.jpg")], pool.embeddings[pool.files.index("p03.jpg")]
+    )
     stored = read_cache(cache_path(cache, "fake"), root)
     assert stored.files == updated.files and stored.errors == updated.errors
 
@@ -446,10 +451,17 @@ def test_two_processes_writing_one_cache_keep_each_others_rows(tmp_path):
     for prefix in "ab":
         for i in range(12):
             (root / f"{prefix}{i:02d}.jpg").write_bytes(f"face {prefix}{i}".encode())
-    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(root), str(cache), prefix],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for prefix in "ab"]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(root), str(cache), prefix],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for prefix in "ab"
+    ]
     for proc in procs:
-        out, err = proc.communicate(timeout=600)
+        _out, err = proc.communicate(timeout=600)
         assert proc.returncode == 0, err
         assert "Error" not in err and "unusable" not in err
     stored = read_cache(cache_path(cache, "fake"), root)

@@ -30,15 +30,18 @@ def _tool():
     return module
 
 
-@pytest.mark.parametrize("score, counts", [
-    # (same below, tied, above), (different below, tied, above) counted by hand from _toy()
-    (0.75, ((2, 0, 2), (3, 0, 0))),
-    (0.25, ((0, 0, 4), (2, 0, 1))),
-    (0.7, ((1, 1, 2), (3, 0, 0))),
-    (0.7004, ((1, 1, 2), (3, 0, 0))),  # within 0.0005: prints as 0.700, counts as equal
-    (0.95, ((4, 0, 0), (3, 0, 0))),
-    (-0.5, ((0, 0, 4), (0, 0, 3))),
-])
+@pytest.mark.parametrize(
+    "score, counts",
+    [
+        # (same below, tied, above), (different below, tied, above) counted by hand from _toy()
+        (0.75, ((2, 0, 2), (3, 0, 0))),
+        (0.25, ((0, 0, 4), (2, 0, 1))),
+        (0.7, ((1, 1, 2), (3, 0, 0))),
+        (0.7004, ((1, 1, 2), (3, 0, 0))),  # within 0.0005: prints as 0.700, counts as equal
+        (0.95, ((4, 0, 0), (3, 0, 0))),
+        (-0.5, ((0, 0, 4), (0, 0, 3))),
+    ],
+)
 def test_reading_counts_pairs_below_equal_and_above(score, counts):
     r = reading(score, reference=_toy())
     assert (r.same_below, r.same_tied, r.same_above) == counts[0]
@@ -48,11 +51,14 @@ def test_reading_counts_pairs_below_equal_and_above(score, counts):
 
 def test_reading_sentence_names_the_reference_and_its_size():
     text = str(reading(0.75, reference=_toy()))
-    assert text == ("0.750: above all 3 different-person pairs (highest 0.300); below 2 of 4 same-person pairs "
-                    "(0.600 to 0.900). Reference set 'toy': 7 pairs of 5 photos of 3 people, model "
-                    "sface@0f0fbaa2; too few to calibrate a threshold.")
+    assert text == (
+        "0.750: above all 3 different-person pairs (highest 0.300); below 2 of 4 same-person pairs "
+        "(0.600 to 0.900). Reference set 'toy': 7 pairs of 5 photos of 3 people, model "
+        "sface@0f0fbaa2; too few to calibrate a threshold."
+    )
     assert str(reading(0.25, reference=_toy())).startswith(
-        "0.250: above 2 of 3 different-person pairs (0.100 to 0.300); below all 4 same-person pairs (lowest 0.600).")
+        "0.250: above 2 of 3 different-person pairs (0.100 to 0.300); below all 4 same-person pairs (lowest 0.600)."
+    )
     assert "below 2 and equal to 1 of 4 same-person pairs" in str(reading(0.7, reference=_toy()))
     assert reading(0.75, reference=_toy()).to_dict()["text"] == text
 
@@ -135,5 +141,5 @@ def test_module_docstring_example_is_what_reading_prints():
     import perface.reference as ref
 
     doc = ref.__doc__
-    shown = doc[doc.index("    0.750:"):doc.index("threshold.", doc.index("    0.750:")) + len("threshold.")]
+    shown = doc[doc.index("    0.750:") : doc.index("threshold.", doc.index("    0.750:")) + len("threshold.")]
     assert " ".join(shown.split()) == str(reading(0.75, "sface"))

@@ -20,6 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 # -- loss ----------------------------------------------------------------------------------------
 
+
 def test_loss_matches_formula_and_margin():
     ref = F.normalize(torch.tensor([[1.0, 0.0], [1.0, 0.0]]), dim=1)
     pos = F.normalize(torch.tensor([[1.0, 1.0], [0.0, 1.0]]), dim=1)  # cos 0.707, 0
@@ -36,7 +37,7 @@ def test_loss_gradient_pulls_positive_closer():
     neg = F.normalize(torch.randn(4, 8), dim=1)
     for _ in range(50):
         loss = triplet_margin_cosine_loss(ref, F.normalize(pos, dim=1), neg, margin=0.5)
-        grad, = torch.autograd.grad(loss, pos)
+        (grad,) = torch.autograd.grad(loss, pos)
         pos = (pos - 1.0 * grad).detach().requires_grad_(True)
     cos_pos = (ref * F.normalize(pos, dim=1)).sum(1)
     assert torch.all(cos_pos > (ref * neg).sum(1))
@@ -49,6 +50,7 @@ def test_loss_rejects_mismatched_shapes():
 
 # -- synthetic generator + short training ---------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def synthetic_set(tmp_path_factory, faces_dir):
     from perface.train.synthetic import generate
@@ -57,8 +59,9 @@ def synthetic_set(tmp_path_factory, faces_dir):
     torch.set_num_threads(1)
     try:
         # conflict-heavy, so the identity baseline starts low and a rise is unmistakable
-        generate(out, faces_dir, n_train=40, n_val=16, n_test=24, warps=2, conflict=0.6, agree=0.0, seed=0,
-                 progress=False)
+        generate(
+            out, faces_dir, n_train=40, n_val=16, n_test=24, warps=2, conflict=0.6, agree=0.0, seed=0, progress=False
+        )
     finally:
         torch.set_num_threads(os.cpu_count() or 1)
     return out
@@ -77,8 +80,12 @@ def test_synthetic_set_format_and_identity_split(synthetic_set):
         assert im.size == (224, 224)
     split = json.loads((synthetic_set / "split.json").read_text())
     meta = {r["tripletId"]: r for r in csv.DictReader(open(synthetic_set / "meta.csv"))}
-    people = lambda ids: {p for i in ids for k in ("reference_identity", "positive_identity", "negative_identity")  # noqa: E731
-                          for p in meta[i][k].split("#")[0].split("@")[0].split("+")}
+    people = lambda ids: {
+        p
+        for i in ids
+        for k in ("reference_identity", "positive_identity", "negative_identity")
+        for p in meta[i][k].split("#")[0].split("@")[0].split("+")
+    }
     assert not people(split["train"]) & people(split["test"])  # test identities come from held-out people
     assert set(split["test_people"]) == people(split["test"])
     assert {r["kind"] for r in meta.values()} == {"conflict", "neutral"}
@@ -98,11 +105,14 @@ def _held_out_accuracy(model, root: Path, ids) -> float:
 
     import perface
 
-    rows = {r["tripletId"]: [r["ans1"], r["ans2"], r["ans3"]] for r in csv.DictReader(open(root / "triplet_answers.csv"))}
+    rows = {
+        r["tripletId"]: [r["ans1"], r["ans2"], r["ans3"]] for r in csv.DictReader(open(root / "triplet_answers.csv"))
+    }
     metric = model if isinstance(model, perface.PerFace) else perface.PerFace(model, check_range=False)
     metric.eval()
-    load = lambda tid, slot: torch.from_numpy(  # noqa: E731
-        np.array(Image.open(root / f"{tid}_{slot}.jpg").convert("RGB"))).permute(2, 0, 1).float() / 255
+    load = lambda tid, slot: (
+        torch.from_numpy(np.array(Image.open(root / f"{tid}_{slot}.jpg").convert("RGB"))).permute(2, 0, 1).float() / 255
+    )
     correct = []
     with torch.no_grad():
         for tid in ids:
@@ -111,7 +121,9 @@ def _held_out_accuracy(model, root: Path, ids) -> float:
                 continue
             pos, neg = ("a", "b") if answers[0] == "a" else ("b", "a")
             ref = load(tid, "c")[None]
-            correct.append(float(metric.similarity(ref, load(tid, pos)[None]) > metric.similarity(ref, load(tid, neg)[None])))
+            correct.append(
+                float(metric.similarity(ref, load(tid, pos)[None]) > metric.similarity(ref, load(tid, neg)[None]))
+            )
     return sum(correct) / len(correct)
 
 
@@ -126,12 +138,24 @@ def test_short_training_round_trips_with_an_honest_card(synthetic_set, tmp_path)
 
     out = tmp_path / "run"
     split = json.loads((synthetic_set / "split.json").read_text())
-    cfg = TrainConfig(data=str(synthetic_set), out=str(out), split=str(synthetic_set / "split.json"), init="sface",
-                      epochs=3, batch_size=10, lr=0.05, progress=False, name="perface-test")
+    cfg = TrainConfig(
+        data=str(synthetic_set),
+        out=str(out),
+        split=str(synthetic_set / "split.json"),
+        init="sface",
+        epochs=3,
+        batch_size=10,
+        lr=0.05,
+        progress=False,
+        name="perface-test",
+    )
     summary = train(cfg)
     metric = perface.PerFace.from_pretrained(out, check_range=False)
     assert metric.name == "perface-test" and metric.template == "simceleba"
-    trained, initial = _held_out_accuracy(metric, synthetic_set, split["test"]), _held_out_accuracy("sface", synthetic_set, split["test"])
+    trained, initial = (
+        _held_out_accuracy(metric, synthetic_set, split["test"]),
+        _held_out_accuracy("sface", synthetic_set, split["test"]),
+    )
     n = summary["scores"]["triplet_accuracy_test"]["n"]
     # the 8-bit crops training evaluates can flip a near-tie against these float crops: one triplet of slack
     assert abs(metric.spec.scores["triplet_accuracy_test"] - trained) <= 1 / n + 1e-9
@@ -158,8 +182,19 @@ def test_no_gain_keeps_the_initialization_and_says_so(synthetic_set, tmp_path):
     from perface.train.trainer import train
 
     out = tmp_path / "run"
-    summary = train(TrainConfig(data=str(synthetic_set), out=str(out), split=str(synthetic_set / "split.json"),
-                                init="sface", epochs=1, batch_size=10, lr=0.0, max_steps=2, progress=False))
+    summary = train(
+        TrainConfig(
+            data=str(synthetic_set),
+            out=str(out),
+            split=str(synthetic_set / "split.json"),
+            init="sface",
+            epochs=1,
+            batch_size=10,
+            lr=0.0,
+            max_steps=2,
+            progress=False,
+        )
+    )
     assert summary["improved"] is False and summary["best_epoch"] == 0
     assert "no epoch beat the initialization" in summary["outcome"]
     config = json.loads((out / "config.json").read_text())
@@ -179,9 +214,9 @@ def test_a_second_run_into_the_same_folder_is_refused(synthetic_set, tmp_path):
 
     out = tmp_path / "run"
     out.mkdir()
-    with FileLock(str(out / ".train.lock")):  # another training run holds the folder
-        with pytest.raises(OSError, match="another training run"):
-            train(TrainConfig(data=str(synthetic_set), out=str(out), init="sface", progress=False))
+    # another training run holds the folder
+    with FileLock(str(out / ".train.lock")), pytest.raises(OSError, match="another training run"):
+        train(TrainConfig(data=str(synthetic_set), out=str(out), init="sface", progress=False))
     assert not (out / "model.safetensors").exists()
 
 
@@ -237,8 +272,8 @@ def test_micro_batches_only_where_they_pay():
 def test_default_flags_learn_on_held_out_people(tmp_path, faces_dir):
     """The generated-set proof of docs/training.md, one seed: default flags gain >= 0.15 held-out
     triplet accuracy over the initialization (accuracies computed here from the files)."""
-    from perface.train.synthetic import generate
     from perface.train.__main__ import main
+    from perface.train.synthetic import generate
 
     data = tmp_path / "set"
     torch.set_num_threads(1)
@@ -247,7 +282,10 @@ def test_default_flags_learn_on_held_out_people(tmp_path, faces_dir):
     finally:
         torch.set_num_threads(os.cpu_count() or 1)
     out = tmp_path / "run"
-    assert main(["--data", str(data), "--split", str(data / "split.json"), "--init", "sface", "--out", str(out), "-q"]) == 0
+    assert (
+        main(["--data", str(data), "--split", str(data / "split.json"), "--init", "sface", "--out", str(out), "-q"])
+        == 0
+    )
     test_ids = json.loads((data / "split.json").read_text())["test"]
     before, after = _held_out_accuracy("sface", data, test_ids), _held_out_accuracy(str(out), data, test_ids)
     assert after >= before + 0.15, (before, after)
@@ -260,8 +298,16 @@ def test_resume_continues_from_last_epoch(synthetic_set, tmp_path):
     full = json.loads((synthetic_set / "split.json").read_text())
     small = {"train": full["train"][:20], "val": full["val"][:4], "test": full["test"][:4]}  # keep it quick
     (tmp_path / "small.json").write_text(json.dumps(small))
-    common = dict(data=str(synthetic_set), out=str(tmp_path / "run"), split=str(tmp_path / "small.json"),
-                  init="sface", batch_size=6, progress=False, patience=0, min_val=0)
+    common = dict(
+        data=str(synthetic_set),
+        out=str(tmp_path / "run"),
+        split=str(tmp_path / "small.json"),
+        init="sface",
+        batch_size=6,
+        progress=False,
+        patience=0,
+        min_val=0,
+    )
     train(TrainConfig(epochs=1, **common))
     first = torch.load(tmp_path / "run" / "last.pt", weights_only=False)
     assert first["state"]["epoch"] == 1
@@ -285,12 +331,31 @@ def test_cli_help_shows_each_option_once_without_markup():
     text = done.stdout
     assert "``" not in text and ":func:" not in text
     # every knob of the paper's recipe is a flag, with the paper's value as its default
-    for flag, default in (("--lr", "0.01"), ("--momentum", "0.9"), ("--weight-decay", "0.0005"),
-                          ("--batch-size", "32"), ("--margin", "0.1")):
+    for flag, default in (
+        ("--lr", "0.01"),
+        ("--momentum", "0.9"),
+        ("--weight-decay", "0.0005"),
+        ("--batch-size", "32"),
+        ("--margin", "0.1"),
+    ):
         block = text.split(f"  {flag} ", 1)[1].split("\n  --", 1)[0]
         assert f"(default: {default})" in " ".join(block.split()), (flag, block)
-    for flag in ("--recipe", "--missing-list", "--min-val", "--split", "--train-set", "--hflip", "--patience",
-                 "--seed", "--workers", "--amp", "--compile", "--resume", "--quiet", "--json"):
+    for flag in (
+        "--recipe",
+        "--missing-list",
+        "--min-val",
+        "--split",
+        "--train-set",
+        "--hflip",
+        "--patience",
+        "--seed",
+        "--workers",
+        "--amp",
+        "--compile",
+        "--resume",
+        "--quiet",
+        "--json",
+    ):
         assert flag in text
     options = [b for b in text.split("\n  -")[1:]]
     assert all(b.count("(default:") <= 1 for b in options)
@@ -304,8 +369,18 @@ def test_cli_answers_without_images_one_line_exit_1(tmp_path):
     root.mkdir()
     lines = ["tripletId,ans1,ans2,ans3"] + [f"t{i:04d},a,a,b" for i in range(400)]
     (root / "triplet_answers.csv").write_text("\r\n".join(lines) + "\r\n")
-    done = _cli("perface.train", "--data", str(root), "--out", str(tmp_path / "o"), "--init", "sface", "-q",
-                "--missing-list", str(tmp_path / "missing.csv"))
+    done = _cli(
+        "perface.train",
+        "--data",
+        str(root),
+        "--out",
+        str(tmp_path / "o"),
+        "--init",
+        "sface",
+        "-q",
+        "--missing-list",
+        str(tmp_path / "missing.csv"),
+    )
     assert done.returncode == 1
     assert "Traceback" not in done.stderr and len(done.stderr) < 800, done.stderr
     assert done.stderr.startswith("python -m perface.train: error:") and "docs/reproducing.md" in done.stderr

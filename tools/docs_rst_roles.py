@@ -13,7 +13,7 @@ Enabled in ``mkdocs.yml`` under ``plugins: mkdocstrings: handlers: python: optio
 from __future__ import annotations
 
 import re
-from typing import Any, List
+from typing import Any
 
 import griffe
 
@@ -21,7 +21,7 @@ ROLE = re.compile(r":(?:py:)?(?:func|class|meth|attr|mod|data|exc|obj|const):`(~
 LITERAL = re.compile(r"(\S)::$", re.M)
 
 
-def _candidates(obj: griffe.Object, target: str) -> List[str]:
+def _candidates(obj: griffe.Object, target: str) -> list[str]:
     """Full paths ``target`` may mean when written in the docstring of ``obj`` (most specific first)."""
     if target.startswith("."):
         return [obj.module.path + target] if obj.module else []
@@ -47,7 +47,7 @@ def _resolve(obj: griffe.Object, target: str) -> str:
 def rewrite(obj: griffe.Object, text: str) -> str:
     """``text`` with every reST role turned into an optional autorefs reference."""
 
-    def link(match: "re.Match[str]") -> str:
+    def link(match: re.Match[str]) -> str:
         short, target = match.group(1), match.group(2).strip()
         title = target.lstrip(".").rsplit(".", 1)[-1] if short else target.lstrip(".")
         return f'<autoref identifier="{_resolve(obj, target)}" optional><code>{title}</code></autoref>'
@@ -58,6 +58,6 @@ def rewrite(obj: griffe.Object, text: str) -> str:
 class RstRoles(griffe.Extension):
     """Rewrite reST roles in every docstring once the object tree is complete."""
 
-    def on_object(self, *, obj: griffe.Object, loader: griffe.GriffeLoader, **kwargs: Any) -> None:  # noqa: ARG002
+    def on_object(self, *, obj: griffe.Object, loader: griffe.GriffeLoader, **kwargs: Any) -> None:
         if obj.docstring is not None:
             obj.docstring.value = rewrite(obj, obj.docstring.value)

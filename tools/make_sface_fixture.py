@@ -17,7 +17,6 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import List, Tuple
 
 import numpy as np
 
@@ -29,7 +28,7 @@ ARCFACE_112 = np.array(
     dtype=np.float32,
 )
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from onnx_weights import sha256_file  # noqa: E402
+from onnx_weights import sha256_file
 
 DETECT_MAX_SIDE = 640  # photos are downscaled to this for detection; landmarks are scaled back
 
@@ -55,7 +54,7 @@ def ort_session(path: Path):
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
-def detect_landmarks(session, bgr: np.ndarray) -> Tuple[np.ndarray, float]:
+def detect_landmarks(session, bgr: np.ndarray) -> tuple[np.ndarray, float]:
     """(5, 2) landmarks (x, y in pixels of ``bgr``) and score of the most confident face."""
     import cv2
     import torch
@@ -70,7 +69,7 @@ def detect_landmarks(session, bgr: np.ndarray) -> Tuple[np.ndarray, float]:
     cfg = generate_config("mobile0.25")
     priors = PriorBox(cfg, image_size=(h, w)).forward()
     best = int(np.argmax(conf[0][:, 1]))
-    marks = decode_landm(torch.from_numpy(landms[0][best:best + 1]), priors[best:best + 1], cfg["variance"])
+    marks = decode_landm(torch.from_numpy(landms[0][best : best + 1]), priors[best : best + 1], cfg["variance"])
     marks = marks.numpy().reshape(5, 2) * np.array([w, h], np.float32) / scale
     return marks.astype(np.float32), float(conf[0][best, 1])
 
@@ -84,7 +83,7 @@ def align(bgr: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(crop[:, :, ::-1])
 
 
-def make(photos: List[Path], detector: Path, sface: Path) -> dict:
+def make(photos: list[Path], detector: Path, sface: Path) -> dict:
     """Arrays of the fixture (see the module docstring)."""
     import cv2
     import onnxruntime

@@ -5,15 +5,14 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Dict
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from perface.hub import sha256_file  # noqa: E402  (re-exported for the conversion scripts)
+from perface.hub import sha256_file
 
 
-def load_initializers(path: Path) -> Dict[str, np.ndarray]:
+def load_initializers(path: Path) -> dict[str, np.ndarray]:
     """All initializers of an ONNX graph as numpy arrays, by name."""
     import onnx
     from onnx import numpy_helper

@@ -27,12 +27,12 @@ import json
 import re
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from run_all import _cell, machine_lines, section_lines  # noqa: E402
+from run_all import _cell, machine_lines, section_lines
 
 PAGE = ROOT / "docs" / "benchmarks.md"
 DATA = ROOT / "docs" / "benchmarks" / "results.json"
@@ -52,18 +52,20 @@ def lookup(result: Any, path: str) -> Any:
     return item
 
 
-def _block(name: str, data: Dict[str, Any]) -> str:
+def _block(name: str, data: dict[str, Any]) -> str:
     if name == "machine":
         lines = machine_lines(data["machine"], bool(data.get("quick")), str(data.get("run_at", "at an unknown time")))
     else:
         if name not in data["results"]:
-            raise KeyError(f"benchmark {name!r} is not in the results (have: {', '.join(data['results'])}); "
-                           f"run it, or remove its <!-- bench:{name} --> block")
+            raise KeyError(
+                f"benchmark {name!r} is not in the results (have: {', '.join(data['results'])}); "
+                f"run it, or remove its <!-- bench:{name} --> block"
+            )
         lines = section_lines(name, data["results"][name], level=3)
     return "\n".join(lines).rstrip() + "\n"
 
 
-def _value(name: str, path: str, spec: Optional[str], data: Dict[str, Any]) -> str:
+def _value(name: str, path: str, spec: Optional[str], data: dict[str, Any]) -> str:
     if name == "machine":
         value = lookup(data["machine"], path)
     elif name not in data["results"]:
@@ -73,21 +75,25 @@ def _value(name: str, path: str, spec: Optional[str], data: Dict[str, Any]) -> s
     return format(value, spec) if spec else _cell(value)
 
 
-def render(page: str, data: Dict[str, Any]) -> str:
+def render(page: str, data: dict[str, Any]) -> str:
     """``page`` with every marker block and inline value regenerated from ``data`` (run_all's JSON)."""
     page = BLOCK.sub(lambda m: m.group(1) + _block(m.group(2), data) + m.group(4), page)
     return VALUE.sub(lambda m: m.group(1) + _value(m.group(2), m.group(3), m.group(4), data) + m.group(6), page)
 
 
-def markers(page: str) -> List[str]:
+def markers(page: str) -> list[str]:
     """Names of the marker blocks in ``page``, in order."""
     return [m.group(2) for m in BLOCK.finditer(page)]
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("results", nargs="?", type=Path,
-                        help=f"run_all.py's results.json to render (default: the kept copy, {DATA.relative_to(ROOT)})")
+    parser.add_argument(
+        "results",
+        nargs="?",
+        type=Path,
+        help=f"run_all.py's results.json to render (default: the kept copy, {DATA.relative_to(ROOT)})",
+    )
     parser.add_argument("--page", type=Path, default=PAGE, help="the page with the markers")
     parser.add_argument("--check", action="store_true", help="exit 1 if the page differs from its rendering")
     args = parser.parse_args(argv)
@@ -97,8 +103,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     new = render(page, data)
     if args.check:
         if new != page:
-            print(f"{args.page} is stale or was edited inside a marker: run python tools/render_benchmarks.py",
-                  file=sys.stderr)
+            print(
+                f"{args.page} is stale or was edited inside a marker: run python tools/render_benchmarks.py",
+                file=sys.stderr,
+            )
             return 1
         print(f"{args.page}: up to date with {data_path}")
         return 0

@@ -4,27 +4,27 @@
 """
 
 from ._version import __version__
+from .alignment import align_faces
+from .detection import Face, detect_faces
 from .errors import (
     ChecksumMismatchError,
     ImageReadError,
     IncompatibleCheckpointError,
     InputRangeError,
-    SignatureMismatchError,
     NoFaceError,
     PerFaceError,
+    SignatureMismatchError,
     UnknownModelError,
     WeightsNotCachedError,
     WeightsNotFoundError,
     WeightsUnavailableError,
 )
-from .model import PerFace
-from .signature import Signature, check_signature
-from .registry import list_models
-from .alignment import align_faces
-from .detection import Face, detect_faces
 from .imageio import load_image, load_images
+from .model import PerFace
 from .photos import EmbedResult, SimilarityResult, embed_images, similarity
 from .ranking.rank import RankResult, rank
+from .registry import list_models
+from .signature import Signature, check_signature
 
 __all__ = [
     "__version__",

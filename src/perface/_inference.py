@@ -11,7 +11,6 @@ face as built, 7.0 ms with every convolution through oneDNN on channels_last ten
 from __future__ import annotations
 
 import copy
-from typing import Tuple
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +28,7 @@ class OneDNNConv2d(nn.Module):
         super().__init__()
         self.register_buffer("weight", conv.weight.detach().contiguous(memory_format=torch.channels_last))
         self.register_buffer("bias", None if conv.bias is None else conv.bias.detach().clone())
-        self.options: Tuple = (conv.padding, conv.stride, conv.dilation, conv.groups)
+        self.options: tuple = (conv.padding, conv.stride, conv.dilation, conv.groups)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled():

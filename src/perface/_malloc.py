@@ -45,7 +45,7 @@ def tune_malloc() -> bool:
         if sys.platform.startswith("linux") and not _user_configured():
             try:
                 libc = ctypes.CDLL(None)
-                libc.gnu_get_libc_version  # noqa: B018  (AttributeError: not glibc, e.g. musl)
+                libc.gnu_get_libc_version  # noqa: B018 (glibc only: AttributeError on musl)
                 _applied = bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
                     libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
                 )

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence, Union
+from typing import Union
 
 
 def pyplot():
@@ -29,8 +30,7 @@ def save_figure(fig, path: Union[str, Path], dpi: Union[float, str] = "figure", 
         height = fig.get_figheight()
         reserve = min(0.4, (0.06 + 0.12 * len(lines)) / height)  # inches -> figure fraction
         fig.tight_layout(rect=(0, reserve, 1, 1))
-        fig.text(0.01, 0.01, "\n".join(lines), fontsize=6, color="0.35", ha="left", va="bottom",
-                 family="monospace")
+        fig.text(0.01, 0.01, "\n".join(lines), fontsize=6, color="0.35", ha="left", va="bottom", family="monospace")
     else:
         fig.tight_layout()
     path = Path(path)

@@ -21,7 +21,8 @@ Aligner modules (``PerFace(align=...)``):
 from __future__ import annotations
 
 import warnings
-from typing import Any, List, Optional, Sequence, Tuple, Union
+from collections.abc import Sequence
+from typing import Any, Optional, Union
 
 import numpy as np
 import torch
@@ -81,7 +82,7 @@ def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     u, sig, vt = np.linalg.svd(cov)
     fix = np.diag([1.0, np.sign(np.linalg.det(u) * np.linalg.det(vt)) or 1.0])
     rot = u @ fix @ vt
-    var_s = (s0 ** 2).sum() / len(src)
+    var_s = (s0**2).sum() / len(src)
     scale = float((sig * np.diag(fix)).sum() / var_s) if var_s > 0 else 1.0
     out = np.empty((2, 3))
     out[:, :2] = scale * rot
@@ -96,12 +97,14 @@ def _as3x3(m: torch.Tensor) -> torch.Tensor:
 
 def _pixel_to_norm(w: int, h: int, dtype, device) -> torch.Tensor:
     """Pixel-centre coordinates -> ``grid_sample(align_corners=False)`` coordinates in [-1, 1]."""
-    return torch.tensor([[2.0 / w, 0.0, 1.0 / w - 1.0], [0.0, 2.0 / h, 1.0 / h - 1.0], [0.0, 0.0, 1.0]],
-                        dtype=dtype, device=device)
+    return torch.tensor(
+        [[2.0 / w, 0.0, 1.0 / w - 1.0], [0.0, 2.0 / h, 1.0 / h - 1.0], [0.0, 0.0, 1.0]], dtype=dtype, device=device
+    )
 
 
-def _warp_shared(x: torch.Tensor, m: torch.Tensor, size: Tuple[int, int], antialias: bool,
-                 border: str = "zeros") -> torch.Tensor:
+def _warp_shared(
+    x: torch.Tensor, m: torch.Tensor, size: tuple[int, int], antialias: bool, border: str = "zeros"
+) -> torch.Tensor:
     """Warp every image of ``x`` (N, C, H, W; uint8 or float) with the one (2, 3) float64 matrix ``m``.
 
     Only the crop's footprint (plus a margin) is read, converted to float and, when the crop is
@@ -118,12 +121,14 @@ def _warp_shared(x: torch.Tensor, m: torch.Tensor, size: Tuple[int, int], antial
     scale = float(torch.sqrt(torch.abs(torch.linalg.det(inv[:2, :2]))))
     factor = int(scale // 1) if antialias and scale >= ANTIALIAS_MIN_SCALE else 1
     h, w = x.shape[-2:]
-    corners = torch.tensor([[-0.5, -0.5, 1.0], [out_w - 0.5, -0.5, 1.0], [-0.5, out_h - 0.5, 1.0],
-                            [out_w - 0.5, out_h - 0.5, 1.0]], dtype=inv.dtype)
+    corners = torch.tensor(
+        [[-0.5, -0.5, 1.0], [out_w - 0.5, -0.5, 1.0], [-0.5, out_h - 0.5, 1.0], [out_w - 0.5, out_h - 0.5, 1.0]],
+        dtype=inv.dtype,
+    )
     edge = corners @ inv[:2].T  # the crop's outer edge in source pixels
     margin = 2 * factor
-    x0 = int(round(float(edge[:, 0].min()) + 0.5)) - margin  # first source pixel of the footprint
-    y0 = int(round(float(edge[:, 1].min()) + 0.5)) - margin
+    x0 = round(float(edge[:, 0].min()) + 0.5) - margin  # first source pixel of the footprint
+    y0 = round(float(edge[:, 1].min()) + 0.5) - margin
     x1 = x0 + factor * int(np.ceil((float(edge[:, 0].max()) + 0.5 + margin - x0) / factor))
     y1 = y0 + factor * int(np.ceil((float(edge[:, 1].max()) + 0.5 + margin - y0) / factor))
     xs, xe, ys, ye = (min(max(v, 0), n) for v, n in ((x0, w), (x1, w), (y0, h), (y1, h)))
@@ -145,13 +150,19 @@ def _warp_shared(x: torch.Tensor, m: torch.Tensor, size: Tuple[int, int], antial
     theta = _pixel_to_norm(w, h, inv.dtype, inv.device) @ inv @ to_out_pixels
     theta = theta[:2].to(crop.device, crop.dtype).expand(crop.shape[0], 2, 3)
     grid = F.affine_grid(theta, [crop.shape[0], crop.shape[1], out_h * ss, out_w * ss], align_corners=False)
-    out = F.grid_sample(crop, grid, mode="bilinear", padding_mode="zeros" if border == "zeros" else "border",
-                        align_corners=False)
+    out = F.grid_sample(
+        crop, grid, mode="bilinear", padding_mode="zeros" if border == "zeros" else "border", align_corners=False
+    )
     return F.avg_pool2d(out, ss) if ss > 1 else out
 
 
-def warp_affine(images: torch.Tensor, matrix: Union[np.ndarray, torch.Tensor], size: Union[int, Sequence[int]],
-                antialias: bool = True, border: str = "zeros") -> torch.Tensor:
+def warp_affine(
+    images: torch.Tensor,
+    matrix: Union[np.ndarray, torch.Tensor],
+    size: Union[int, Sequence[int]],
+    antialias: bool = True,
+    border: str = "zeros",
+) -> torch.Tensor:
     """Differentiable ``cv2.warpAffine``: (N, C, H, W) images -> (N, C, h, w) float.
 
     ``images``: float, or uint8 read as 0..255 (only the part the crop reads is converted to
@@ -166,17 +177,19 @@ def warp_affine(images: torch.Tensor, matrix: Union[np.ndarray, torch.Tensor], s
     if border not in ("zeros", "replicate"):
         raise ValueError(f"warp_affine: border must be 'zeros' or 'replicate', got {border!r}")
     size_hw = (int(size), int(size)) if isinstance(size, (int, np.integer)) else (int(size[0]), int(size[1]))
-    m = torch.as_tensor(np.asarray(matrix) if not isinstance(matrix, torch.Tensor) else matrix.detach().cpu(),
-                        dtype=torch.float64)
+    m = torch.as_tensor(
+        np.asarray(matrix) if not isinstance(matrix, torch.Tensor) else matrix.detach().cpu(), dtype=torch.float64
+    )
     if m.dim() == 2:
         return _warp_shared(images, m, size_hw, antialias, border)
     if m.shape[0] != images.shape[0]:
         raise ValueError(f"warp_affine: {m.shape[0]} matrices for {images.shape[0]} images")
-    return torch.cat([_warp_shared(images[i:i + 1], m[i], size_hw, antialias, border) for i in range(m.shape[0])])
+    return torch.cat([_warp_shared(images[i : i + 1], m[i], size_hw, antialias, border) for i in range(m.shape[0])])
 
 
-def choose_faces(faces: Sequence[Any], face_index: Union[int, str, None], name: str,
-                 argument: str = "face_index") -> List[Any]:
+def choose_faces(
+    faces: Sequence[Any], face_index: Union[int, str, None], name: str, argument: str = "face_index"
+) -> list[Any]:
     """Pick faces from a list sorted most prominent first (see :class:`perface.detection.Face`).
 
     ``None``: the most prominent one, warning when a second has at least ``COMPETE_RATIO`` of
@@ -191,7 +204,8 @@ def choose_faces(faces: Sequence[Any], face_index: Union[int, str, None], name: 
             raise NoFaceError(
                 f"{name}: no face with plausible landmarks: a face-like region was detected (score "
                 f"{face.score:.2f}) but {reason}, also after trying the photo rotated by 90, 180 and 270 "
-                "degrees. Pass a photo where the face is upright and unobstructed.")
+                "degrees. Pass a photo where the face is upright and unobstructed."
+            )
         raise NoFaceError(
             f"{name}: no face found. Pass a photo where the whole face is visible and at least ~20 px "
             "wide; for crops that are already aligned use align='none' or the crop format "
@@ -204,13 +218,17 @@ def choose_faces(faces: Sequence[Any], face_index: Union[int, str, None], name: 
             warnings.warn(
                 f"{name}: {len(faces)} faces found and the second is nearly as prominent as the first; "
                 f"using the most prominent (size x score). Pass {argument}=N to choose (0 = most "
-                "prominent, 1 = the next, ...).", stacklevel=3)
+                "prominent, 1 = the next, ...).",
+                stacklevel=3,
+            )
         return [faces[0]]
     if isinstance(face_index, (int, np.integer)) and not isinstance(face_index, bool):
         if -len(faces) <= face_index < len(faces):
             return [faces[face_index]]
-        raise NoFaceError(f"{name}: {argument}={face_index} but only {len(faces)} face(s) were found "
-                          f"(0 = most prominent); pass a smaller {argument}.")
+        raise NoFaceError(
+            f"{name}: {argument}={face_index} but only {len(faces)} face(s) were found "
+            f"(0 = most prominent); pass a smaller {argument}."
+        )
     raise ValueError(f"{argument} must be None, an int or 'all', got {face_index!r}")
 
 
@@ -236,9 +254,15 @@ def crop_faces(photo: Any, faces: Sequence[Any], template: str, size: int, antia
     return warp_affine(pixels.unsqueeze(0).expand(len(faces), -1, -1, -1), matrices, size, antialias)
 
 
-def align_faces(image: Any, template: str = "arcface", size: int = 112,
-                face_index: Union[int, str, None] = None, *, antialias: bool = True,
-                device: Union[str, torch.device, None] = None) -> torch.Tensor:
+def align_faces(
+    image: Any,
+    template: str = "arcface",
+    size: int = 112,
+    face_index: Union[int, str, None] = None,
+    *,
+    antialias: bool = True,
+    device: Union[str, torch.device, None] = None,
+) -> torch.Tensor:
     """Detect faces and warp them to ``template`` at ``size`` x ``size``: (K, 3, size, size) in [0, 1].
 
     ``image``: anything :func:`perface.load_image` accepts; a list/batch gives the crops of
@@ -276,8 +300,10 @@ class FixedAlign(nn.Module):
     def matrix(self, height: int, width: int) -> np.ndarray:
         """(2, 3) source-crop -> target-crop matrix for an input of ``height`` x ``width``."""
         if height != width:
-            raise ValueError(f"align={self.source!r} expects square pre-aligned crops, got {height}x{width}; "
-                             "use align='detect' for photos")
+            raise ValueError(
+                f"align={self.source!r} expects square pre-aligned crops, got {height}x{width}; "
+                "use align='detect' for photos"
+            )
         return similarity_transform(template_points(self.source, height), template_points(self.target, self.size))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -307,15 +333,21 @@ class DetectAlign(nn.Module):
 
         detector = get_detector(x.device)
         prominent = self.face_index in (None, 0)
-        faces = [choose_faces(find_faces(img.detach(), detector, prominent=prominent), self.face_index,
-                              f"align='detect': batch item {i}")[0] for i, img in enumerate(x)]
+        faces = [
+            choose_faces(
+                find_faces(img.detach(), detector, prominent=prominent),
+                self.face_index,
+                f"align='detect': batch item {i}",
+            )[0]
+            for i, img in enumerate(x)
+        ]
         return warp_affine(x, _landmark_matrices(faces, self.template, self.size), self.size, self.antialias)
 
     def extra_repr(self) -> str:
         return f"template={self.template!r}, size={self.size}, face_index={self.face_index}"
 
 
-def align_modes() -> Tuple[str, ...]:
+def align_modes() -> tuple[str, ...]:
     """Every valid ``align`` value."""
     return ("none", "detect") + tuple(sorted(TEMPLATES))
 

@@ -4,17 +4,20 @@
 from __future__ import annotations
 
 import sys
-from typing import List, Optional
+from typing import Optional
 
-from .commands import dispatch
 from ._version import __version__
+from .commands import dispatch
 
 # name -> (module, one-line help)
 COMMANDS = {
     "similarity": ("perface.commands.similarity", "similarity of a reference face to one or more others"),
     "rank": ("perface.commands.rank", "choose face-swap sources: rank a pool of photos against a target"),
     "matrix": ("perface.commands.matrix", "heatmap of pairwise face similarity between photos"),
-    "embed-pool": ("perface.commands.embed_pool", "embed a pool of photos into its cache (whole, by shard, or merge shards)"),
+    "embed-pool": (
+        "perface.commands.embed_pool",
+        "embed a pool of photos into its cache (whole, by shard, or merge shards)",
+    ),
     "models": ("perface.commands.models", "list the checkpoints: status (embedded/cached/downloadable), size, license"),
     "download": ("perface.commands.download", "fetch a checkpoint into the local cache for offline use"),
     "verify": ("perface.commands.verify", "re-check the sha256 of embedded and cached weights"),
@@ -23,7 +26,7 @@ COMMANDS = {
 }
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: Optional[list[str]] = None) -> int:
     """Entry point of the ``perface`` console script; returns the exit status."""
     argv = sys.argv[1:] if argv is None else argv
     return dispatch("perface", "Perceptual face similarity (PerFace).", COMMANDS, argv, f"perface {__version__}")

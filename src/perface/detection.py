@@ -27,8 +27,9 @@ mouth corner, right mouth corner ("left" = smaller x in the face's upright view)
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, List, Optional, Sequence, Tuple, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 import torch
@@ -73,19 +74,28 @@ class Face:
         w, h = float(self.box[2] - self.box[0]), float(self.box[3] - self.box[1])
         return max(w, 0.0) * max(h, 0.0) * self.score
 
-    def mapped(self, fn) -> "Face":
+    def mapped(self, fn) -> Face:
         """This face with ``fn`` applied to its (K, 2) points (box corners re-fitted around them)."""
-        corners = fn(np.array([[self.box[0], self.box[1]], [self.box[2], self.box[1]],
-                               [self.box[0], self.box[3]], [self.box[2], self.box[3]]], dtype=np.float64))
+        corners = fn(
+            np.array(
+                [
+                    [self.box[0], self.box[1]],
+                    [self.box[2], self.box[1]],
+                    [self.box[0], self.box[3]],
+                    [self.box[2], self.box[3]],
+                ],
+                dtype=np.float64,
+            )
+        )
         box = np.concatenate([corners.min(0), corners.max(0)]).astype(np.float32)
         return Face(box, self.score, fn(self.landmarks.astype(np.float64)).astype(np.float32))
 
 
-class Faces(List[Face]):
+class Faces(list[Face]):
     """A list of :class:`Face`, most prominent first, plus ``rejected``: ``(face, reason)`` for
     detections dropped because their landmarks are implausible (used in error messages)."""
 
-    def __init__(self, faces: Sequence[Face] = (), rejected: Sequence[Tuple[Face, str]] = ()) -> None:
+    def __init__(self, faces: Sequence[Face] = (), rejected: Sequence[tuple[Face, str]] = ()) -> None:
         super().__init__(sorted(faces, key=lambda f: -f.prominence))
         self.rejected = list(rejected)
 
@@ -130,7 +140,7 @@ def _fold_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
     return module
 
 
-def _resize(images: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+def _resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Antialiased bilinear resize of (N, 3, H, W) uint8 or float images (uint8 stays uint8)."""
     if tuple(images.shape[-2:]) == tuple(size):
         return images
@@ -147,8 +157,13 @@ class Detector:
         max_side: long side of the copy the coarse pass sees (larger inputs are downscaled).
     """
 
-    def __init__(self, device: Union[str, torch.device] = "cpu", threshold: float = 0.8,
-                 nms_threshold: float = 0.4, max_side: int = MAX_SIDE) -> None:
+    def __init__(
+        self,
+        device: Union[str, torch.device] = "cpu",
+        threshold: float = 0.8,
+        nms_threshold: float = 0.4,
+        max_side: int = MAX_SIDE,
+    ) -> None:
         from safetensors.torch import load_file
 
         from .retinaface import RetinaFaceMobile
@@ -171,8 +186,7 @@ class Detector:
             onednn_convolutions(self.net)
         self._mean = torch.tensor(_BGR_MEAN, device=self.device).view(1, 3, 1, 1)
 
-    def prepare(self, images: torch.Tensor, scale: Optional[float] = None
-                ) -> Tuple[torch.Tensor, Tuple[float, float]]:
+    def prepare(self, images: torch.Tensor, scale: Optional[float] = None) -> tuple[torch.Tensor, tuple[float, float]]:
         """RGB (N, 3, H, W), uint8 0..255 or float in [0, 1] -> network input (BGR 0..255 minus
         mean) resized by ``scale`` (default: long side <= ``max_side``), and the ``(sx, sy)``
         scale from input to network pixels."""
@@ -187,8 +201,13 @@ class Detector:
         sy, sx = size[0] / h, size[1] / w
         return batch.contiguous(memory_format=torch.channels_last), (sx, sy)
 
-    def postprocess(self, outputs: Sequence[torch.Tensor], size: Sequence[int],
-                    scale: Tuple[float, float], levels: Tuple[int, ...] = LEVELS) -> List[List[Face]]:
+    def postprocess(
+        self,
+        outputs: Sequence[torch.Tensor],
+        size: Sequence[int],
+        scale: tuple[float, float],
+        levels: tuple[int, ...] = LEVELS,
+    ) -> list[list[Face]]:
         """Decode raw network outputs (loc, conf, landmarks) of ``levels`` (default: all) for a
         batch of network ``size`` (h, w) into faces in input pixels, most prominent first."""
         from .retinaface import anchors, decode_boxes, decode_landmarks, nms
@@ -197,7 +216,7 @@ class Detector:
         priors = anchors(h, w, tuple(levels)).to(outputs[0].device)
         sx, sy = scale
         frame = torch.tensor([w, h], dtype=torch.float32, device=priors.device)
-        result: List[List[Face]] = []
+        result: list[list[Face]] = []
         for loc, conf, landm in zip(*outputs):
             scores = conf[:, 1].float()
             keep = scores > self.threshold
@@ -212,14 +231,17 @@ class Detector:
             inv = torch.tensor([1.0 / sx, 1.0 / sy], device=priors.device)
             box_px = ((boxes[kept] + 0.5) * inv - 0.5).cpu().numpy().reshape(-1, 4)
             point_px = ((points[kept] + 0.5) * inv - 0.5).cpu().numpy()
-            faces = [Face(b.astype(np.float32), float(s), p.astype(np.float32))
-                     for b, s, p in zip(box_px, scores[kept].cpu().tolist(), point_px)]
+            faces = [
+                Face(b.astype(np.float32), float(s), p.astype(np.float32))
+                for b, s, p in zip(box_px, scores[kept].cpu().tolist(), point_px)
+            ]
             result.append(sorted(faces, key=lambda f: -f.prominence))
         return result
 
     @torch.no_grad()
-    def detect(self, images: torch.Tensor, scale: Optional[float] = None, *,
-               prominent: bool = False) -> List[List[Face]]:
+    def detect(
+        self, images: torch.Tensor, scale: Optional[float] = None, *, prominent: bool = False
+    ) -> list[list[Face]]:
         """Faces in each image of an RGB (N, 3, H, W) batch (uint8, or float in [0, 1]), most
         prominent first, detected at ``scale`` (default: long side <= ``max_side``).
 
@@ -242,28 +264,29 @@ class Detector:
                 return faces
         return self.postprocess(join(self.net.fine(c1, p2), coarse), size, net_scale)
 
-    def detect_padded(self, image: torch.Tensor, pad: float = 0.5) -> List[Face]:
+    def detect_padded(self, image: torch.Tensor, pad: float = 0.5) -> list[Face]:
         """Faces in one (3, H, W) image; if none is found, retry once on a copy padded by
         ``pad`` x the long side on every side (a face filling the frame lacks context)."""
         faces = self.detect(image.unsqueeze(0))[0]
         return faces if faces or pad <= 0 else self.detect_with_padding(image, pad)
 
-    def detect_with_padding(self, image: torch.Tensor, pad: float) -> List[Face]:
+    def detect_with_padding(self, image: torch.Tensor, pad: float) -> list[Face]:
         """Faces in (3, H, W) ``image`` padded by ``pad`` x its long side with the network's mean
         colour, mapped back to ``image``'s pixel coordinates."""
-        p = int(round(pad * max(image.shape[-2:])))
+        p = round(pad * max(image.shape[-2:]))
         if image.dtype == torch.uint8:
             fill = torch.tensor(_BGR_MEAN[::-1], device=image.device).round().to(torch.uint8).view(3, 1, 1)
         else:
             fill = torch.tensor(_BGR_MEAN[::-1], device=image.device, dtype=torch.float32).view(3, 1, 1) / 255.0
         padded = fill.expand(3, image.shape[-2] + 2 * p, image.shape[-1] + 2 * p).clone()
-        padded[:, p:p + image.shape[-2], p:p + image.shape[-1]] = image.detach().to(padded.dtype)
+        padded[:, p : p + image.shape[-2], p : p + image.shape[-1]] = image.detach().to(padded.dtype)
         shift = np.array([p, p], dtype=np.float32)
-        return [Face(f.box - np.tile(shift, 2), f.score, f.landmarks - shift)
-                for f in self.detect(padded.unsqueeze(0))[0]]
+        return [
+            Face(f.box - np.tile(shift, 2), f.score, f.landmarks - shift) for f in self.detect(padded.unsqueeze(0))[0]
+        ]
 
     @torch.no_grad()
-    def detect_tiled(self, image: torch.Tensor, scale: float, tile: int = TILE, overlap: int = OVERLAP) -> List[Face]:
+    def detect_tiled(self, image: torch.Tensor, scale: float, tile: int = TILE, overlap: int = OVERLAP) -> list[Face]:
         """Faces in one (3, H, W) image detected at ``scale``, tile by tile (the network never sees
         more than ``tile`` x ``tile`` px), merged by non-maximum suppression; input pixels."""
         from .retinaface import nms
@@ -273,13 +296,15 @@ class Detector:
         scaled = _resize(image.detach().unsqueeze(0), size)[0]
         sy, sx = size[0] / h, size[1] / w
         step = tile - overlap
-        found: List[Face] = []
+        found: list[Face] = []
         for y0 in range(0, max(1, size[0] - overlap), step):
             for x0 in range(0, max(1, size[1] - overlap), step):
-                part = scaled[:, y0:y0 + tile, x0:x0 + tile]
+                part = scaled[:, y0 : y0 + tile, x0 : x0 + tile]
                 shift = np.array([x0, y0], dtype=np.float32)
-                found += [Face(f.box + np.tile(shift, 2), f.score, f.landmarks + shift)
-                          for f in self.detect(part.unsqueeze(0), 1.0)[0]]
+                found += [
+                    Face(f.box + np.tile(shift, 2), f.score, f.landmarks + shift)
+                    for f in self.detect(part.unsqueeze(0), 1.0)[0]
+                ]
         if len(found) > 1:
             boxes = torch.tensor(np.stack([f.box for f in found]))
             keep = nms(boxes, torch.tensor([f.score for f in found]), self.nms_threshold).tolist()
@@ -288,13 +313,14 @@ class Detector:
         return [f.mapped(lambda p: (p + 0.5) / scales - 0.5) for f in found]
 
 
-def _side(face: Face, scale: Tuple[float, float]) -> float:
+def _side(face: Face, scale: tuple[float, float]) -> float:
     """The long side of ``face``'s box in network pixels (``scale``: input -> network)."""
     return max(float(face.box[2] - face.box[0]) * scale[0], float(face.box[3] - face.box[1]) * scale[1])
 
 
 def _unrotate(k: int, height: int, width: int):
     """Maps points of ``torch.rot90(image, k, dims=(1, 2))`` back to ``image`` (``height`` x ``width``)."""
+
     def fn(p: np.ndarray) -> np.ndarray:
         x, y = p[..., 0], p[..., 1]
         if k == 1:
@@ -302,10 +328,11 @@ def _unrotate(k: int, height: int, width: int):
         if k == 2:
             return np.stack([width - 1 - x, height - 1 - y], axis=-1)
         return np.stack([y, height - 1 - x], axis=-1)
+
     return fn
 
 
-def _split(faces: Sequence[Face]) -> Tuple[List[Face], List[Tuple[Face, str]]]:
+def _split(faces: Sequence[Face]) -> tuple[list[Face], list[tuple[Face, str]]]:
     good, bad = [], []
     for face in faces:
         reason = implausible(face)
@@ -316,7 +343,7 @@ def _split(faces: Sequence[Face]) -> Tuple[List[Face], List[Tuple[Face, str]]]:
     return good, bad
 
 
-def _to_full(faces: Sequence[Face], scale: float) -> List[Face]:
+def _to_full(faces: Sequence[Face], scale: float) -> list[Face]:
     """Faces found on pixels decoded at ``scale`` -> full-resolution pixel coordinates."""
     return list(faces) if scale == 1.0 else [f.mapped(lambda p: (p + 0.5) / scale - 0.5) for f in faces]
 
@@ -327,10 +354,10 @@ def _quarter_turns(face: Face) -> int:
     from .templates import template_points
 
     m = similarity_transform(face.landmarks, template_points("arcface", 112))
-    return int(round(-np.degrees(np.arctan2(m[1, 0], m[0, 0])) / 90.0)) % 4
+    return round(-np.degrees(np.arctan2(m[1, 0], m[0, 0])) / 90.0) % 4
 
 
-def _turned(detector: "Detector", small: torch.Tensor, k: int, scale: float, prominent: bool) -> List[Face]:
+def _turned(detector: Detector, small: torch.Tensor, k: int, scale: float, prominent: bool) -> list[Face]:
     """Plausible faces of ``small`` (pixels at ``scale``) detected on it turned by ``k`` quarter
     turns (the network is trained on upright faces), in full-resolution coordinates."""
     back = _unrotate(k, small.shape[-2], small.shape[-1])
@@ -338,8 +365,9 @@ def _turned(detector: "Detector", small: torch.Tensor, k: int, scale: float, pro
     return _split(_to_full([f.mapped(back) for f in turned], scale))[0]
 
 
-def find_faces(image: Any, detector: Optional["Detector"] = None, *, pad_retry: bool = True,
-               prominent: bool = False) -> Faces:
+def find_faces(
+    image: Any, detector: Optional[Detector] = None, *, pad_retry: bool = True, prominent: bool = False
+) -> Faces:
     """Every face in one image with plausible landmarks, most prominent first, in full-resolution
     pixel coordinates (see the module docstring for the passes).
 
@@ -383,7 +411,7 @@ def find_faces(image: Any, detector: Optional["Detector"] = None, *, pad_retry: 
     return Faces(faces, rejected)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _detector(device: str) -> Detector:
     return Detector(device)
 
@@ -393,8 +421,9 @@ def get_detector(device: Union[str, torch.device, None] = None) -> Detector:
     return _detector(str(torch.device(device if device is not None else "cpu")))
 
 
-def detect_faces(image: Any, *, device: Union[str, torch.device, None] = None,
-                 pad_retry: bool = True) -> Union[Faces, List[Faces]]:
+def detect_faces(
+    image: Any, *, device: Union[str, torch.device, None] = None, pad_retry: bool = True
+) -> Union[Faces, list[Faces]]:
     """Faces in an image, most prominent (box area x score) first, in input pixel coordinates.
 
     ``image``: anything :func:`perface.load_image` accepts (path, ``PIL.Image``, numpy HWC,
@@ -409,6 +438,5 @@ def detect_faces(image: Any, *, device: Union[str, torch.device, None] = None,
 
     found = []
     for item in batch_items(image):
-        found.append(find_faces(Photo(item), get_detector(device) if device is not None else None,
-                                pad_retry=pad_retry))
+        found.append(find_faces(Photo(item), get_detector(device) if device is not None else None, pad_retry=pad_retry))
     return found if is_batch(image) else found[0]

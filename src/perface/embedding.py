@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import functools
 import weakref
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 import torch
@@ -34,7 +35,7 @@ __all__ = ["FAILURES", "EmbedResult", "embed", "align_crops", "get_metric"]
 
 # What counts as one input's failure (a NaN row + a reason), everywhere: perface's own errors
 # (unreadable file, no face, range), bad values or types of one input, and file-system errors.
-FAILURES: Tuple[type, ...] = (PerFaceError, ValueError, TypeError, OSError)
+FAILURES: tuple[type, ...] = (PerFaceError, ValueError, TypeError, OSError)
 
 FaceIndex = Union[int, str, None]
 
@@ -63,7 +64,7 @@ class EmbedResult:
     detection_scores: torch.Tensor
     source: torch.Tensor
     ok: torch.Tensor
-    errors: Dict[int, str] = field(default_factory=dict)
+    errors: dict[int, str] = field(default_factory=dict)
     model: str = ""
     signature: str = ""
 
@@ -92,15 +93,24 @@ def _only_the_first(face_index: FaceIndex) -> bool:
 def _reason(exc: BaseException, src: Any, index: int) -> str:
     """``Type: message`` with the input named by its position when it has no path."""
     message, plain, indexed = str(exc), describe(src), describe(src, index)
-    text = indexed + message[len(plain):] if message.startswith(plain) else f"{indexed}: {message}"
+    text = indexed + message[len(plain) :] if message.startswith(plain) else f"{indexed}: {message}"
     return f"{type(exc).__name__}: {text}"
 
 
 class _Faces(Dataset):
     """Input ``i`` -> :class:`_Item` (its aligned crops, or why it failed)."""
 
-    def __init__(self, sources: Sequence[Any], align: str, template: str, size: int,
-                 face_index: Sequence[FaceIndex], argument: Sequence[str], many: bool, device) -> None:
+    def __init__(
+        self,
+        sources: Sequence[Any],
+        align: str,
+        template: str,
+        size: int,
+        face_index: Sequence[FaceIndex],
+        argument: Sequence[str],
+        many: bool,
+        device,
+    ) -> None:
         self.sources, self.align, self.template, self.size = sources, align, template, size
         self.face_index, self.argument, self.many, self.device = face_index, argument, many, device
 
@@ -122,13 +132,20 @@ class _Faces(Dataset):
 
         photo = Photo(src)
         name = describe(src, i if self.many else None)
-        faces = find_faces(photo, get_detector(self.device) if self.device is not None else None,
-                           prominent=_only_the_first(self.face_index[i]))
+        faces = find_faces(
+            photo,
+            get_detector(self.device) if self.device is not None else None,
+            prominent=_only_the_first(self.face_index[i]),
+        )
         chosen = choose_faces(faces, self.face_index[i], name, self.argument[i])
         crops = crop_faces(photo, chosen, self.template, self.size).float()
-        return _Item(i, crops.cpu(), torch.from_numpy(np.stack([f.box for f in chosen])).float(),
-                     torch.from_numpy(np.stack([f.landmarks for f in chosen])).float(),
-                     torch.tensor([f.score for f in chosen], dtype=torch.float32))
+        return _Item(
+            i,
+            crops.cpu(),
+            torch.from_numpy(np.stack([f.box for f in chosen])).float(),
+            torch.from_numpy(np.stack([f.landmarks for f in chosen])).float(),
+            torch.tensor([f.score for f in chosen], dtype=torch.float32),
+        )
 
     def _converted(self, i: int, src: Any) -> _Item:
         from .alignment import build_aligner
@@ -154,20 +171,32 @@ def get_metric(model: Any):
     return model if isinstance(model, PerFace) else _cached_metric(str(model))
 
 
-def _face_indices(face_index: Union[FaceIndex, Sequence[FaceIndex]], n: int, argument: str
-                  ) -> Tuple[List[FaceIndex], List[str]]:
+def _face_indices(
+    face_index: Union[FaceIndex, Sequence[FaceIndex]], n: int, argument: str
+) -> tuple[list[FaceIndex], list[str]]:
     """One face index per input, and how messages name the option that sets it."""
     if isinstance(face_index, (list, tuple)):
         if len(face_index) != n:
-            raise ValueError(f"{argument} has {len(face_index)} entries for {n} images; pass one per image, "
-                             "or one value for all")
+            raise ValueError(
+                f"{argument} has {len(face_index)} entries for {n} images; pass one per image, or one value for all"
+            )
         return list(face_index), [f"{argument}[{i}]" for i in range(n)]
     return [face_index] * n, [argument] * n  # type: ignore[list-item]  # one value, not a list
 
 
-def _batches(sources: Any, align: str, template: str, size: int, face_index: Union[FaceIndex, Sequence[FaceIndex]],
-             argument: str, batch_size: int, num_workers: int, device: Any, progress: bool, desc: str
-             ) -> Iterator[List[_Item]]:
+def _batches(
+    sources: Any,
+    align: str,
+    template: str,
+    size: int,
+    face_index: Union[FaceIndex, Sequence[FaceIndex]],
+    argument: str,
+    batch_size: int,
+    num_workers: int,
+    device: Any,
+    progress: bool,
+    desc: str,
+) -> Iterator[list[_Item]]:
     """Batches of :class:`_Item` in input order, from DataLoader workers (for more than one
     batch), from one thread per CPU thread of torch (photos on the CPU, see :func:`_threaded`),
     or in-process on ``device``; with a tqdm bar. ``ValueError`` for a malformed ``align`` or
@@ -179,15 +208,18 @@ def _batches(sources: Any, align: str, template: str, size: int, face_index: Uni
     if align not in align_modes():
         raise ValueError(f"unknown align mode {align!r}; use one of {', '.join(map(repr, align_modes()))}")
     items = batch_items(sources)
-    many = isinstance(sources, (list, tuple)) or len(items) != 1 or (
-        isinstance(sources, torch.Tensor) and sources.dim() == 4)
+    many = (
+        isinstance(sources, (list, tuple))
+        or len(items) != 1
+        or (isinstance(sources, torch.Tensor) and sources.dim() == 4)
+    )
     indices, arguments = _face_indices(face_index, len(items), argument)
     workers = num_workers if len(items) > batch_size else 0
     dataset = _Faces(items, align, template, size, indices, arguments, many, "cpu" if workers > 0 else device)
     threads = min(torch.get_num_threads(), len(items)) if workers == 0 and align == "detect" and _on_cpu(device) else 1
     with tqdm(total=len(items), unit="img", desc=desc, disable=not progress) as bar:
         if threads > 1:
-            batches: Iterator[List[_Item]] = _threaded(dataset, batch_size, threads)
+            batches: Iterator[list[_Item]] = _threaded(dataset, batch_size, threads)
         else:
             batches = iter(DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=list))
         for batch in batches:
@@ -203,7 +235,7 @@ def _one_torch_thread() -> None:
     torch.set_num_threads(1)
 
 
-def _threaded(dataset: _Faces, batch_size: int, threads: int) -> Iterator[List[_Item]]:
+def _threaded(dataset: _Faces, batch_size: int, threads: int) -> Iterator[list[_Item]]:
     """Batches of ``dataset`` in order, its photos read, detected and aligned ``threads`` at a
     time, each thread running torch on one thread of its own.
 
@@ -224,18 +256,36 @@ def _threaded(dataset: _Faces, batch_size: int, threads: int) -> Iterator[List[_
         torch.set_num_threads(budget)
 
 
-def align_crops(sources: Any, template: str = "arcface", size: int = 112, *,
-                face_index: Union[FaceIndex, Sequence[FaceIndex]] = None, batch_size: int = 32, num_workers: int = 0,
-                progress: bool = True, desc: str = "aligning photos"
-                ) -> Tuple[List[Optional[torch.Tensor]], Dict[int, str]]:
+def align_crops(
+    sources: Any,
+    template: str = "arcface",
+    size: int = 112,
+    *,
+    face_index: Union[FaceIndex, Sequence[FaceIndex]] = None,
+    batch_size: int = 32,
+    num_workers: int = 0,
+    progress: bool = True,
+    desc: str = "aligning photos",
+) -> tuple[list[Optional[torch.Tensor]], dict[int, str]]:
     """The first half of :func:`embed` without a model: each input's faces aligned to
     ``template`` at ``size``, as (K, 3, size, size) float32 in [0, 1] (``None`` where the input
     failed), and ``errors``: input index -> reason. Options as in :func:`embed` (detection on
     the CPU)."""
-    crops: List[Optional[torch.Tensor]] = []
-    errors: Dict[int, str] = {}
-    for batch in _batches(sources, "detect", template, size, face_index, "face_index", batch_size, num_workers,
-                          torch.device("cpu"), progress, desc):
+    crops: list[Optional[torch.Tensor]] = []
+    errors: dict[int, str] = {}
+    for batch in _batches(
+        sources,
+        "detect",
+        template,
+        size,
+        face_index,
+        "face_index",
+        batch_size,
+        num_workers,
+        torch.device("cpu"),
+        progress,
+        desc,
+    ):
         for item in batch:
             crops.append(item.crops)
             if item.reason is not None:
@@ -243,10 +293,20 @@ def align_crops(sources: Any, template: str = "arcface", size: int = 112, *,
     return crops, errors
 
 
-def embed(sources: Any, model: Any = DEFAULT_MODEL, *, align: str = "detect",
-          face_index: Union[FaceIndex, Sequence[FaceIndex]] = None, batch_size: int = 32, num_workers: int = 0,
-          progress: bool = True, device: Union[str, torch.device, None] = None, on_error: str = "record",
-          argument: str = "face_index", desc: Optional[str] = None) -> EmbedResult:
+def embed(
+    sources: Any,
+    model: Any = DEFAULT_MODEL,
+    *,
+    align: str = "detect",
+    face_index: Union[FaceIndex, Sequence[FaceIndex]] = None,
+    batch_size: int = 32,
+    num_workers: int = 0,
+    progress: bool = True,
+    device: Union[str, torch.device, None] = None,
+    on_error: str = "record",
+    argument: str = "face_index",
+    desc: Optional[str] = None,
+) -> EmbedResult:
     """Embed the faces in many images: the one photo pipeline of perface.
 
     Args:
@@ -290,12 +350,23 @@ def embed(sources: Any, model: Any = DEFAULT_MODEL, *, align: str = "detect",
 
         metric.to(resolve_device(device))
     model_device = next(metric.parameters()).device
-    parts: List[_Item] = []
-    errors: Dict[int, str] = {}
-    embedded: List[torch.Tensor] = []
+    parts: list[_Item] = []
+    errors: dict[int, str] = {}
+    embedded: list[torch.Tensor] = []
     with torch.no_grad():
-        for batch in _batches(sources, align, metric.template, metric.input_size, face_index, argument, batch_size,
-                              num_workers, model_device, progress, desc or f"embed ({metric.name})"):
+        for batch in _batches(
+            sources,
+            align,
+            metric.template,
+            metric.input_size,
+            face_index,
+            argument,
+            batch_size,
+            num_workers,
+            model_device,
+            progress,
+            desc or f"embed ({metric.name})",
+        ):
             good = [item.crops for item in batch if item.crops is not None]
             for item in batch:
                 if item.crops is None:
@@ -306,12 +377,17 @@ def embed(sources: Any, model: Any = DEFAULT_MODEL, *, align: str = "detect",
             if good:
                 embedded.append(_embed_crops(metric, torch.cat(good).to(model_device)).float().cpu())
             parts.extend(batch)
-    return _assemble(parts, torch.cat(embedded) if embedded else torch.empty(0, metric.embedding_size), errors,
-                     metric, signature_of(metric, align))
+    return _assemble(
+        parts,
+        torch.cat(embedded) if embedded else torch.empty(0, metric.embedding_size),
+        errors,
+        metric,
+        signature_of(metric, align),
+    )
 
 
 # metric.net -> (its weights' identity and versions, its frozen CPU copy or None)
-_FROZEN: weakref.WeakKeyDictionary[nn.Module, Tuple[Tuple, Optional[nn.Module]]] = weakref.WeakKeyDictionary()
+_FROZEN: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, Optional[nn.Module]]] = weakref.WeakKeyDictionary()
 
 
 def _frozen_net(metric) -> Optional[nn.Module]:
@@ -322,8 +398,11 @@ def _frozen_net(metric) -> Optional[nn.Module]:
 
     net = metric.net
     tensors = list(net.state_dict().values())
-    if net.training or any(t.device.type != "cpu" for t in tensors) or any(
-            t.is_floating_point() and t.dtype != torch.float32 for t in tensors):
+    if (
+        net.training
+        or any(t.device.type != "cpu" for t in tensors)
+        or any(t.is_floating_point() and t.dtype != torch.float32 for t in tensors)
+    ):
         return None
     stamp = tuple((t.data_ptr(), t._version) for t in tensors)
     cached = _FROZEN.get(net)
@@ -349,7 +428,7 @@ def _embed_crops(metric, crops: torch.Tensor) -> torch.Tensor:
     return F.normalize(torch.cat([frozen(part) for part in x.split(chunk)]), dim=1)
 
 
-def _assemble(parts: List[_Item], embedded: torch.Tensor, errors: Dict[int, str], metric, signature) -> EmbedResult:
+def _assemble(parts: list[_Item], embedded: torch.Tensor, errors: dict[int, str], metric, signature) -> EmbedResult:
     """Rows in input order (the DataLoader keeps it): each input's faces, or one NaN row."""
     nan = float("nan")
     rows, boxes, points, scores, source = [], [], [], [], []
@@ -364,17 +443,33 @@ def _assemble(parts: List[_Item], embedded: torch.Tensor, errors: Dict[int, str]
         else:
             assert item.boxes is not None and item.landmarks is not None and item.scores is not None
             k = item.crops.shape[0]
-            rows.append(embedded[start:start + k])
+            rows.append(embedded[start : start + k])
             boxes.append(item.boxes)
             points.append(item.landmarks)
             scores.append(item.scores)
             start += k
         source.extend([item.index] * k)
     if not parts:
-        return EmbedResult(torch.empty(0, metric.embedding_size), torch.empty(0, 4), torch.empty(0, 5, 2),
-                           torch.empty(0), torch.empty(0, dtype=torch.long), torch.zeros(0, dtype=torch.bool),
-                           {}, metric.name, str(signature))
+        return EmbedResult(
+            torch.empty(0, metric.embedding_size),
+            torch.empty(0, 4),
+            torch.empty(0, 5, 2),
+            torch.empty(0),
+            torch.empty(0, dtype=torch.long),
+            torch.zeros(0, dtype=torch.bool),
+            {},
+            metric.name,
+            str(signature),
+        )
     embeddings = torch.cat(rows)
-    return EmbedResult(embeddings, torch.cat(boxes), torch.cat(points), torch.cat(scores),
-                       torch.tensor(source, dtype=torch.long), ~torch.isnan(embeddings).any(dim=1),
-                       dict(sorted(errors.items())), metric.name, str(signature))
+    return EmbedResult(
+        embeddings,
+        torch.cat(boxes),
+        torch.cat(points),
+        torch.cat(scores),
+        torch.tensor(source, dtype=torch.long),
+        ~torch.isnan(embeddings).any(dim=1),
+        dict(sorted(errors.items())),
+        metric.name,
+        str(signature),
+    )

@@ -20,7 +20,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Optional
 
 from ._io import atomic_write, atomic_write_text, file_lock
 from ._version import __version__
@@ -88,11 +88,11 @@ def _trust_path(repo_id: str, commit: str, filename: str) -> Path:
     return _key_dir("trust", repo_id, commit) / (filename.replace("/", "--") + ".json")
 
 
-def _write_json_atomic(path: Path, data: Dict[str, Any]) -> None:
+def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True))
 
 
-def _read_json(path: Path) -> Optional[Dict[str, Any]]:
+def _read_json(path: Path) -> Optional[dict[str, Any]]:
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
@@ -122,7 +122,7 @@ def _mismatch(what: str, path: Path, actual: str, expected: str, fix: str) -> Ch
     )
 
 
-def _hub_fix(name: str, paths: List[Path]) -> str:
+def _hub_fix(name: str, paths: list[Path]) -> str:
     listed = " and ".join(str(p) for p in paths)
     return (
         f"run `perface download {name} --force` to fetch it again (or delete {listed}); if the Hub "
@@ -140,9 +140,7 @@ def snapshot_commit(path: Path) -> Optional[str]:
     return None
 
 
-def _check_hub_file(
-    path: Path, repo_id: str, revision: str, filename: str, pinned: str, name: str
-) -> str:
+def _check_hub_file(path: Path, repo_id: str, revision: str, filename: str, pinned: str, name: str) -> str:
     """Check a downloaded Hub file against its pinned sha256, or trust it on first use.
 
     Without a pin the hash is recorded per (repo, commit, file) on first use with a warning, and
@@ -162,15 +160,25 @@ def _check_hub_file(
         if seen.get("sha256") != actual:
             raise _mismatch(
                 f"model {name!r} (no pinned sha256; trusted on first use, record {trust})",
-                path, actual, str(seen.get("sha256")), fix + f" If the change is expected, delete {trust}.",
+                path,
+                actual,
+                str(seen.get("sha256")),
+                fix + f" If the change is expected, delete {trust}.",
             )
         return actual
-    _write_json_atomic(trust, {"repo_id": repo_id, "commit": commit, "filename": filename,
-                               "sha256": actual, "size": path.stat().st_size})
+    _write_json_atomic(
+        trust,
+        {"repo_id": repo_id, "commit": commit, "filename": filename, "sha256": actual, "size": path.stat().st_size},
+    )
     logger.warning(
         "model %r: %s/%s@%s has no pinned sha256 in the registry; trusting it on first use and "
         "recording sha256 %s in %s (later loads must match it).",
-        name, repo_id, filename, commit[:12], actual, trust,
+        name,
+        repo_id,
+        filename,
+        commit[:12],
+        actual,
+        trust,
     )
     return actual
 
@@ -178,15 +186,18 @@ def _check_hub_file(
 # --------------------------------------------------------------------------- Hub access
 
 
-def _network_error_types() -> Tuple[type, ...]:
+def _network_error_types() -> tuple[type, ...]:
     """Transport-level exception types of whichever HTTP client ``huggingface_hub`` uses."""
     import importlib
 
     from huggingface_hub.errors import OfflineModeIsEnabled
 
-    types: List[type] = [ConnectionError, TimeoutError, OfflineModeIsEnabled]
-    for module, attrs in (("httpx2", ("TransportError",)), ("httpx", ("TransportError",)),
-                          ("requests", ("ConnectionError", "Timeout"))):
+    types: list[type] = [ConnectionError, TimeoutError, OfflineModeIsEnabled]
+    for module, attrs in (
+        ("httpx2", ("TransportError",)),
+        ("httpx", ("TransportError",)),
+        ("requests", ("ConnectionError", "Timeout")),
+    ):
         try:
             mod = importlib.import_module(module)
         except ImportError:
@@ -245,9 +256,16 @@ def fetch_hub_file(
     if constants.is_offline_mode():
         raise _not_cached(name, where, "offline mode is on (HF_HUB_OFFLINE=1)", _offline_fix(name))
     try:
-        return _download(repo_id, filename, revision, name=name, where=where, token=token,
-                         timeout=float(timeout if timeout is not None else constants.HF_HUB_ETAG_TIMEOUT),
-                         force=force)
+        return _download(
+            repo_id,
+            filename,
+            revision,
+            name=name,
+            where=where,
+            token=token,
+            timeout=float(timeout if timeout is not None else constants.HF_HUB_ETAG_TIMEOUT),
+            force=force,
+        )
     except WeightsNotCachedError as exc:
         if cached is None:
             raise
@@ -255,8 +273,17 @@ def fetch_hub_file(
         return cached
 
 
-def _download(repo_id: str, filename: str, revision: str, *, name: str, where: str,
-              token: Optional[str], timeout: float, force: bool) -> Path:
+def _download(
+    repo_id: str,
+    filename: str,
+    revision: str,
+    *,
+    name: str,
+    where: str,
+    token: Optional[str],
+    timeout: float,
+    force: bool,
+) -> Path:
     """HEAD with ``timeout``, then ``hf_hub_download``; Hub errors become perface errors."""
     from huggingface_hub import constants, get_hf_file_metadata, hf_hub_download, hf_hub_url
     from huggingface_hub import errors as hf_errors
@@ -264,10 +291,18 @@ def _download(repo_id: str, filename: str, revision: str, *, name: str, where: s
     network_errors = _network_error_types()
     try:
         get_hf_file_metadata(hf_hub_url(repo_id, filename, revision=revision), token=token, timeout=timeout)
-        return Path(hf_hub_download(
-            repo_id, filename, revision=revision, token=token, etag_timeout=timeout,
-            force_download=force, library_name="perface", library_version=__version__,
-        ))
+        return Path(
+            hf_hub_download(
+                repo_id,
+                filename,
+                revision=revision,
+                token=token,
+                etag_timeout=timeout,
+                force_download=force,
+                library_name="perface",
+                library_version=__version__,
+            )
+        )
     except hf_errors.RevisionNotFoundError as exc:
         raise WeightsNotFoundError(
             f"model {name!r}: revision {revision!r} does not exist in Hub repo {repo_id} "
@@ -293,13 +328,17 @@ def _download(repo_id: str, filename: str, revision: str, *, name: str, where: s
                 f"model {name!r}: the Hub answered HTTP {status} for {where}. Fix: check the repo id, "
                 "file and revision; for a private or gated repo log in (`hf auth login`) or set HF_TOKEN."
             ) from exc
-        raise _not_cached(name, where, f"the Hub answered HTTP {status} ({exc})",
-                          "try again later, or " + _offline_fix(name)) from exc
+        raise _not_cached(
+            name, where, f"the Hub answered HTTP {status} ({exc})", "try again later, or " + _offline_fix(name)
+        ) from exc
     except network_errors as exc:
         timed_out = isinstance(exc, TimeoutError) or "timeout" in type(exc).__name__.lower()
         how = f"did not answer within {timeout:g} s" if timed_out else "could not be reached"
         raise _not_cached(
-            name, where, f"the Hub at {constants.ENDPOINT} {how} ({type(exc).__name__}: {exc})", _offline_fix(name),
+            name,
+            where,
+            f"the Hub at {constants.ENDPOINT} {how} ({type(exc).__name__}: {exc})",
+            _offline_fix(name),
         ) from exc
 
 
@@ -333,10 +372,16 @@ def _pth_to_safetensors(src: Path, dst: Path, source_sha256: str, what: str) -> 
     metadata = {"format": "pt", "source_sha256": source_sha256, "converted_by": f"perface {__version__}"}
     atomic_write(dst, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
     digest = sha256_file(dst)
-    _write_json_atomic(dst.with_suffix(".json"), {
-        "sha256": digest, "size": dst.stat().st_size, "source_sha256": source_sha256,
-        "source": src.name, "converted_by": f"perface {__version__}",
-    })
+    _write_json_atomic(
+        dst.with_suffix(".json"),
+        {
+            "sha256": digest,
+            "size": dst.stat().st_size,
+            "source_sha256": source_sha256,
+            "source": src.name,
+            "converted_by": f"perface {__version__}",
+        },
+    )
     logger.info("%s: converted %s to %s", what, src, dst)
 
 
@@ -344,7 +389,9 @@ def _stored_ok(dst: Path, source_sha256: Optional[str]) -> bool:
     """True if ``dst`` and its record exist and were made from ``source_sha256`` (any if None)."""
     meta = _read_json(dst.with_suffix(".json"))
     return (
-        dst.is_file() and meta is not None and "sha256" in meta
+        dst.is_file()
+        and meta is not None
+        and "sha256" in meta
         and (source_sha256 is None or meta.get("source_sha256") == source_sha256)
     )
 
@@ -353,8 +400,13 @@ def _check_stored(dst: Path, name: str) -> Path:
     meta = _read_json(dst.with_suffix(".json")) or {}
     actual = sha256_file(dst)
     if actual != meta.get("sha256"):
-        raise _mismatch(f"model {name!r} (converted weights)", dst, actual, str(meta.get("sha256")),
-                        f"delete {dst} (it is rebuilt from the cached download on next use).")
+        raise _mismatch(
+            f"model {name!r} (converted weights)",
+            dst,
+            actual,
+            str(meta.get("sha256")),
+            f"delete {dst} (it is rebuilt from the cached download on next use).",
+        )
     return dst
 
 
@@ -370,8 +422,14 @@ def _expected_source_sha(source: WeightsSource) -> Optional[str]:
 # --------------------------------------------------------------------------- public entry points
 
 
-def resolve_weights(source: WeightsSource, name: str, *, force: bool = False,
-                    token: Optional[str] = None, timeout: Optional[float] = None) -> Path:
+def resolve_weights(
+    source: WeightsSource,
+    name: str,
+    *,
+    force: bool = False,
+    token: Optional[str] = None,
+    timeout: Optional[float] = None,
+) -> Path:
     """Local path of verified safetensors weights for the registry entry ``name``.
 
     ``force`` re-downloads Hub files (e.g. after a checksum error). Raises
@@ -387,8 +445,13 @@ def resolve_weights(source: WeightsSource, name: str, *, force: bool = False,
             )
         actual = sha256_file(path)
         if source.sha256 and actual != source.sha256:
-            raise _mismatch(f"model {name!r}", path, actual, source.sha256,
-                            "reinstall perface (pip install --force-reinstall perface).")
+            raise _mismatch(
+                f"model {name!r}",
+                path,
+                actual,
+                source.sha256,
+                "reinstall perface (pip install --force-reinstall perface).",
+            )
         return path
     if source.kind != "hub" or source.repo_id is None:
         raise WeightsUnavailableError(f"model {name!r}: weights source kind {source.kind!r} is not supported")
@@ -396,8 +459,9 @@ def resolve_weights(source: WeightsSource, name: str, *, force: bool = False,
     dst = _store_path(source)  # converted .pth, or a file imported with `perface download --from-file`
     if not force and _stored_ok(dst, _expected_source_sha(source)):
         return _check_stored(dst, name)
-    raw = fetch_hub_file(source.repo_id, source.filename, revision, name=name, token=token,
-                         timeout=timeout, force=force)
+    raw = fetch_hub_file(
+        source.repo_id, source.filename, revision, name=name, token=token, timeout=timeout, force=force
+    )
     digest = _check_hub_file(raw, source.repo_id, revision, source.filename, source.sha256, name)
     if source.format != "pth":
         return raw
@@ -420,8 +484,13 @@ def import_weights(source: WeightsSource, name: str, path: Path) -> Path:
         raise FileNotFoundError(f"model {name!r}: {path} does not exist")
     actual = sha256_file(path)
     if source.sha256 and actual != source.sha256:
-        raise _mismatch(f"model {name!r}", path, actual, source.sha256,
-                        f"use an intact copy of {source.repo_id}/{source.filename} (revision {source.revision}).")
+        raise _mismatch(
+            f"model {name!r}",
+            path,
+            actual,
+            source.sha256,
+            f"use an intact copy of {source.repo_id}/{source.filename} (revision {source.revision}).",
+        )
     revision = source.revision or "main"
     if not source.sha256:
         _check_hub_file(path, source.repo_id, revision, source.filename, "", name)
@@ -433,8 +502,10 @@ def import_weights(source: WeightsSource, name: str, path: Path) -> Path:
             import shutil
 
             atomic_write(dst, lambda tmp: shutil.copyfile(path, tmp))
-            _write_json_atomic(dst.with_suffix(".json"), {"sha256": actual, "size": dst.stat().st_size,
-                                                          "source_sha256": actual, "source": path.name})
+            _write_json_atomic(
+                dst.with_suffix(".json"),
+                {"sha256": actual, "size": dst.stat().st_size, "source_sha256": actual, "source": path.name},
+            )
     return _check_stored(dst, name)
 
 
@@ -463,13 +534,13 @@ class FileCheck:
         return bool(self.expected) and self.expected == self.actual
 
 
-def verify_source(source: WeightsSource, name: str) -> List[FileCheck]:
+def verify_source(source: WeightsSource, name: str) -> list[FileCheck]:
     """Re-hash every local file of ``source`` (embedded, downloaded, converted); no network access.
 
     An empty list means nothing is on disk yet. ``expected`` is the pinned hash, the
     trust-on-first-use record, or the conversion record; ``""`` if there is nothing to compare to.
     """
-    checks: List[FileCheck] = []
+    checks: list[FileCheck] = []
     if source.kind == "embedded":
         path = EMBEDDED_DIR / source.filename
         if path.is_file():
@@ -492,6 +563,12 @@ def verify_source(source: WeightsSource, name: str) -> List[FileCheck]:
         checks.append(FileCheck(dst, str(meta.get("sha256", "")), sha256_file(dst), "converted safetensors"))
         pinned = _expected_source_sha(source)
         if pinned and meta.get("source_sha256") != pinned:
-            checks.append(FileCheck(dst.with_suffix(".json"), pinned, str(meta.get("source_sha256")),
-                                    "converted from a file with another sha256"))
+            checks.append(
+                FileCheck(
+                    dst.with_suffix(".json"),
+                    pinned,
+                    str(meta.get("source_sha256")),
+                    "converted from a file with another sha256",
+                )
+            )
     return checks

@@ -18,7 +18,7 @@ import math
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Callable, List, Optional, Tuple, TypeVar
+from typing import Any, Callable, Optional, TypeVar
 
 import numpy as np
 import torch
@@ -29,8 +29,9 @@ from .tensor_input import to_unit_range
 __all__ = ["IMAGE_SUFFIXES", "Photo", "load_image", "load_images", "is_batch", "batch_items", "describe"]
 
 # file endings treated as images when a folder is scanned (pools, anonymization sets)
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm",
-                            ".heic", ".heif"})
+IMAGE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm", ".heic", ".heif"}
+)
 HEIF_SUFFIXES = frozenset({".heic", ".heif"})
 _HEIF_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1", b"avif")
 T = TypeVar("T")
@@ -46,7 +47,7 @@ def is_batch(src: Any) -> bool:
     return isinstance(src, (np.ndarray, torch.Tensor)) and src.ndim == 4
 
 
-def batch_items(src: Any) -> List[Any]:
+def batch_items(src: Any) -> list[Any]:
     """The images of a list/tuple or 4-D array/tensor batch; any other input -> ``[src]``."""
     if isinstance(src, (list, tuple)):
         return list(src)
@@ -90,13 +91,16 @@ def _register_heif(path: Path) -> None:
     try:
         from pillow_heif import register_heif_opener
     except ImportError:
-        raise ImageReadError(f"image {str(path)!r}: HEIC/HEIF photos need pillow-heif; install it with "
-                             "pip install \"perface[heic]\" (or convert the photo to JPEG).") from None
+        raise ImageReadError(
+            f"image {str(path)!r}: HEIC/HEIF photos need pillow-heif; install it with "
+            'pip install "perface[heic]" (or convert the photo to JPEG).'
+        ) from None
     register_heif_opener()
 
 
-def _read_file(path: Path, convert: Callable[[Any], T], draft_size: Optional[Tuple[int, int]] = None,
-               load: bool = True) -> T:
+def _read_file(
+    path: Path, convert: Callable[[Any], T], draft_size: Optional[tuple[int, int]] = None, load: bool = True
+) -> T:
     """Open the image file ``path`` and return ``convert(image)``, the image decoded unless
     ``load`` is False; the file is closed on every path. ``draft_size``: (w, h) in stored
     orientation; a JPEG is then decoded at the coarsest DCT scale (1/1, 1/2, 1/4, 1/8) whose
@@ -114,11 +118,14 @@ def _read_file(path: Path, convert: Callable[[Any], T], draft_size: Optional[Tup
                 im.load()
             return convert(im)
     except UnidentifiedImageError:
-        raise ImageReadError(f"image {str(path)!r}: not a readable image (format not recognized); pass a JPEG, "
-                             "PNG, WebP, HEIC, BMP or TIFF file.") from None
+        raise ImageReadError(
+            f"image {str(path)!r}: not a readable image (format not recognized); pass a JPEG, "
+            "PNG, WebP, HEIC, BMP or TIFF file."
+        ) from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ImageReadError(f"image {str(path)!r}: file is truncated or corrupt ({exc}); re-download or "
-                             "re-export it.") from None
+        raise ImageReadError(
+            f"image {str(path)!r}: file is truncated or corrupt ({exc}); re-download or re-export it."
+        ) from None
 
 
 def _composite(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
@@ -149,8 +156,10 @@ def _from_numpy(arr: np.ndarray, name: str) -> np.ndarray:
     if arr.ndim == 2:
         arr = arr[..., None]
     if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4):
-        raise ValueError(f"{name}: numpy images must be HW or HWC with 1, 3 or 4 channels (RGB order), got shape "
-                         f"{arr.shape}; for channels-first data pass a torch tensor.")
+        raise ValueError(
+            f"{name}: numpy images must be HW or HWC with 1, 3 or 4 channels (RGB order), got shape "
+            f"{arr.shape}; for channels-first data pass a torch tensor."
+        )
     if arr.dtype == np.uint8:
         x = arr.astype(np.float32) / 255.0
     elif arr.dtype == np.uint16:
@@ -161,8 +170,10 @@ def _from_numpy(arr: np.ndarray, name: str) -> np.ndarray:
         x = arr.astype(np.float32)
         lo, hi = float(np.nanmin(x)), float(np.nanmax(x))
         if not (lo >= -1e-3 and hi <= 1 + 1e-3):
-            raise ValueError(f"{name}: float values in [{lo:.4g}, {hi:.4g}] must lie in [0, 1]; divide 0..255 data "
-                             "by 255 or pass uint8.")
+            raise ValueError(
+                f"{name}: float values in [{lo:.4g}, {hi:.4g}] must lie in [0, 1]; divide 0..255 data "
+                "by 255 or pass uint8."
+            )
         x = np.clip(x, 0.0, 1.0)
     else:
         raise TypeError(f"{name}: unsupported numpy dtype {arr.dtype}; use uint8, uint16 or float in [0, 1].")
@@ -201,7 +212,7 @@ def load_image(src: Any) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
 
 
-def load_images(srcs: Any) -> List[torch.Tensor]:
+def load_images(srcs: Any) -> list[torch.Tensor]:
     """A list/tuple of images or a 4-D batch -> list of (3, H, W) tensors; one image -> [it]."""
     if isinstance(srcs, (list, tuple)):
         return [load_image(s) for s in srcs]
@@ -236,7 +247,7 @@ def _pil_pixels(im) -> torch.Tensor:
         return torch.from_numpy(np.asarray(im)).permute(2, 0, 1)
 
 
-def _header(im) -> Optional[Tuple[Tuple[int, int], bool]]:
+def _header(im) -> Optional[tuple[tuple[int, int], bool]]:
     """For a JPEG (decodable at reduced scale): (h, w) as stored and whether its EXIF orientation
     stores it sideways; None for other formats (PNG keeps EXIF after the pixels: reading the
     header would decode them)."""
@@ -263,12 +274,12 @@ class Photo:
     def __init__(self, src: Any) -> None:
         self.name = describe(src)
         self._path = Path(src) if isinstance(src, (str, os.PathLike)) else None
-        self._decoded: Optional[Tuple[float, torch.Tensor]] = None
+        self._decoded: Optional[tuple[float, torch.Tensor]] = None
         header = None if self._path is None else _read_file(self._path, _header, load=False)
         self._reducible = header is not None
         if header is not None:
             self._stored, sideways = header
-            self.size: Tuple[int, int] = self._stored[::-1] if sideways else self._stored
+            self.size: tuple[int, int] = self._stored[::-1] if sideways else self._stored
             return
         from PIL import Image
 
@@ -283,7 +294,7 @@ class Photo:
         self._decoded = (1.0, pixels)
         self.size = (int(pixels.shape[-2]), int(pixels.shape[-1]))
 
-    def pixels(self, min_scale: float = 1.0) -> Tuple[torch.Tensor, float]:
+    def pixels(self, min_scale: float = 1.0) -> tuple[torch.Tensor, float]:
         """The image decoded at ``scale >= min_scale`` (decoded pixels per full-resolution pixel):
         ``(pixels, scale)``, pixels (3, h, w) uint8 0..255 or float in [0, 1]. Pixel ``(i, j)``
         of the result covers full-resolution pixels ``[j / scale, (j + 1) / scale)`` (and the same
@@ -302,4 +313,3 @@ class Photo:
         factor = 2 ** round(math.log2(self.size[1] / pixels.shape[-1]))  # the scale libjpeg chose
         self._decoded = (1.0 / factor, pixels)
         return pixels, 1.0 / factor
-

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -18,10 +19,10 @@ from .tensor_input import to_unit_range
 
 __all__ = ["PerFace"]
 
-AlignMode = Union[str, Tuple[str, str]]
+AlignMode = Union[str, tuple[str, str]]
 
 
-def _align_pair(align: Union[str, Sequence[str]]) -> Tuple[str, str]:
+def _align_pair(align: Union[str, Sequence[str]]) -> tuple[str, str]:
     """One mode for both inputs, or ``(mode_x, mode_y)``; ``ValueError`` names the valid modes."""
     modes = (align, align) if isinstance(align, str) else tuple(align)
     if len(modes) != 2 or not all(isinstance(m, str) for m in modes):
@@ -34,8 +35,10 @@ def _align_pair(align: Union[str, Sequence[str]]) -> Tuple[str, str]:
 
 def _batch_size(x: torch.Tensor, name: str) -> int:
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}; for paths, PIL images or numpy "
-                        "arrays use perface.similarity")
+        raise TypeError(
+            f"{name}: expected a torch.Tensor, got {type(x).__name__}; for paths, PIL images or numpy "
+            "arrays use perface.similarity"
+        )
     return x.shape[0] if x.dim() == 4 else 1
 
 
@@ -76,7 +79,7 @@ class PerFace(nn.Module):
         self,
         model: Union[str, Path] = DEFAULT_MODEL,
         *,
-        value_range: Tuple[float, float] = (0.0, 1.0),
+        value_range: tuple[float, float] = (0.0, 1.0),
         check_range: bool = True,
         align: AlignMode = "none",
         trainable: bool = False,
@@ -94,8 +97,9 @@ class PerFace(nn.Module):
         self._align_modes = modes
         self.align: AlignMode = modes[0] if modes[0] == modes[1] else modes
         # one aligner per mode in use (more are added when embed() is called with another mode)
-        self.aligners = nn.ModuleDict({m: build_aligner(m, spec.template, spec.input_size) for m in dict.fromkeys(
-            modes + ("none",))})
+        self.aligners = nn.ModuleDict(
+            {m: build_aligner(m, spec.template, spec.input_size) for m in dict.fromkeys(modes + ("none",))}
+        )
         self.register_buffer("_mean", torch.tensor(spec.input_mean), persistent=False)
         self.register_buffer("_std", torch.tensor(spec.input_std), persistent=False)
         self.net.requires_grad_(trainable)
@@ -104,7 +108,7 @@ class PerFace(nn.Module):
         self.eval()
         tune_malloc()
 
-    def _weight_versions(self) -> Tuple[int, ...]:
+    def _weight_versions(self) -> tuple[int, ...]:
         return tuple(t._version for t in self.net.state_dict().values())
 
     @property
@@ -126,7 +130,7 @@ class PerFace(nn.Module):
         return out
 
     @property
-    def align_modes(self) -> Tuple[str, str]:
+    def align_modes(self) -> tuple[str, str]:
         """The alignment mode of ``x`` and of ``y`` in ``forward(x, y)``."""
         return self._align_modes
 
@@ -150,7 +154,7 @@ class PerFace(nn.Module):
         return str(signature_of(self))
 
     @classmethod
-    def from_pretrained(cls, model: Union[str, Path], **kwargs) -> "PerFace":
+    def from_pretrained(cls, model: Union[str, Path], **kwargs) -> PerFace:
         """Same as ``PerFace(model, **kwargs)``: a registry name, Hub repo id or local directory."""
         return cls(model, **kwargs)
 
@@ -165,8 +169,15 @@ class PerFace(nn.Module):
 
         return save_pretrained(self, directory, **overrides)
 
-    def push_to_hub(self, repo_id: str, *, private: Optional[bool] = None, token: Optional[str] = None,
-                    commit_message: Optional[str] = None, **overrides):
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        private: Optional[bool] = None,
+        token: Optional[str] = None,
+        commit_message: Optional[str] = None,
+        **overrides,
+    ):
         """Save and upload this checkpoint to the Hugging Face Hub repo ``repo_id`` (created if needed).
 
         Returns a :class:`perface.pretrained.PublishedCheckpoint` with the commit and sha256 to pin
@@ -196,7 +207,7 @@ class PerFace(nn.Module):
         """Dimension D of :meth:`embed`'s output."""
         return self.spec.embedding_size
 
-    def train(self, mode: bool = True) -> "PerFace":
+    def train(self, mode: bool = True) -> PerFace:
         """Switch the network to training mode only if ``trainable``; a frozen metric stays in eval."""
         super().train(mode and self.trainable)
         return self
@@ -233,8 +244,10 @@ class PerFace(nn.Module):
         Raises ``ValueError`` before any work when the batch sizes differ and neither is 1."""
         nx, ny = _batch_size(x, "x"), _batch_size(y, "y")
         if nx != ny and 1 not in (nx, ny):
-            raise ValueError(f"x has {nx} images and y has {ny}: pass batches of equal size, or one image on "
-                             "either side (it is compared with every image of the other)")
+            raise ValueError(
+                f"x has {nx} images and y has {ny}: pass batches of equal size, or one image on "
+                "either side (it is compared with every image of the other)"
+            )
         mode_x, mode_y = self._align_modes
         return (self.embed(x, align=mode_x) * self.embed(y, align=mode_y)).sum(dim=1)
 

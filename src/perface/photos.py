@@ -12,8 +12,9 @@ over the one photo pipeline, :func:`perface.embedding.embed`.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Optional, Union
 
 import torch
 
@@ -25,8 +26,13 @@ from .registry import DEFAULT_MODEL
 __all__ = ["prepare_face", "embed_images", "EmbedResult", "similarity", "SimilarityResult"]
 
 
-def prepare_face(src: Any, template: str = "arcface", size: int = 112, face_index: Optional[int] = None,
-                 device: Union[str, torch.device, None] = None) -> torch.Tensor:
+def prepare_face(
+    src: Any,
+    template: str = "arcface",
+    size: int = 112,
+    face_index: Optional[int] = None,
+    device: Union[str, torch.device, None] = None,
+) -> torch.Tensor:
     """Load ``src``, detect, pick one face (most prominent, or rank ``face_index``) and align it
     to ``template``: (3, size, size) float32 in [0, 1]. Raises :class:`~perface.NoFaceError` or
     :class:`~perface.ImageReadError`; safe inside DataLoader workers."""
@@ -35,9 +41,17 @@ def prepare_face(src: Any, template: str = "arcface", size: int = 112, face_inde
     return align_faces(src, template=template, size=size, face_index=face_index, device=device)[0]
 
 
-def embed_images(sources: Any, model: Any = DEFAULT_MODEL, batch_size: int = 32, num_workers: int = 0,
-                 progress: bool = True, face_index: Union[FaceIndex, Sequence[FaceIndex]] = None,
-                 device: Union[str, torch.device, None] = None, *, align: str = "detect") -> EmbedResult:
+def embed_images(
+    sources: Any,
+    model: Any = DEFAULT_MODEL,
+    batch_size: int = 32,
+    num_workers: int = 0,
+    progress: bool = True,
+    face_index: Union[FaceIndex, Sequence[FaceIndex]] = None,
+    device: Union[str, torch.device, None] = None,
+    *,
+    align: str = "detect",
+) -> EmbedResult:
     """Embed the faces in many images; failures become NaN rows with a reason, never an exception.
 
     ``sources``: a list of anything :func:`perface.load_image` accepts (or a 4-D batch).
@@ -46,8 +60,16 @@ def embed_images(sources: Any, model: Any = DEFAULT_MODEL, batch_size: int = 32,
     one of those per image. ``align``: ``"detect"`` for photos, or the format of pre-aligned
     crops. Everything else as in :func:`perface.embedding.embed`. No gradients.
     """
-    return embed(sources, model, align=align, face_index=face_index, batch_size=batch_size,
-                 num_workers=num_workers, progress=progress, device=device)
+    return embed(
+        sources,
+        model,
+        align=align,
+        face_index=face_index,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        progress=progress,
+        device=device,
+    )
 
 
 @dataclass
@@ -59,8 +81,8 @@ class SimilarityResult:
 
     scores: torch.Tensor
     ok: torch.Tensor
-    errors: Dict[int, str]
-    pairs: List[Tuple[int, int]]
+    errors: dict[int, str]
+    pairs: list[tuple[int, int]]
     model: str = field(default="")
     signature: str = field(default="")
 
@@ -70,26 +92,35 @@ class SimilarityResult:
     def __iter__(self) -> Iterator[float]:
         return iter(self.scores.tolist())
 
-    def tolist(self) -> List[float]:
+    def tolist(self) -> list[float]:
         return self.scores.tolist()
 
 
-def _pairs(n_a: int, n_b: int) -> List[Tuple[int, int]]:
+def _pairs(n_a: int, n_b: int) -> list[tuple[int, int]]:
     if n_a == n_b:
         return [(i, i) for i in range(n_a)]
     if n_a == 1:
         return [(0, j) for j in range(n_b)]
     if n_b == 1:
         return [(i, 0) for i in range(n_a)]
-    raise ValueError(f"similarity: {n_a} images in a and {n_b} in b; pass equal lengths (pairwise) or one image "
-                     "on either side (one against many).")
+    raise ValueError(
+        f"similarity: {n_a} images in a and {n_b} in b; pass equal lengths (pairwise) or one image "
+        "on either side (one against many)."
+    )
 
 
-def similarity(a: Any, b: Any, model: Any = DEFAULT_MODEL, *,
-               face_index_a: Union[Optional[int], Sequence[Optional[int]]] = None,
-               face_index_b: Union[Optional[int], Sequence[Optional[int]]] = None,
-               batch_size: int = 32, num_workers: int = 0, progress: bool = False,
-               device: Union[str, torch.device, None] = None) -> Union[float, SimilarityResult]:
+def similarity(
+    a: Any,
+    b: Any,
+    model: Any = DEFAULT_MODEL,
+    *,
+    face_index_a: Union[Optional[int], Sequence[Optional[int]]] = None,
+    face_index_b: Union[Optional[int], Sequence[Optional[int]]] = None,
+    batch_size: int = 32,
+    num_workers: int = 0,
+    progress: bool = False,
+    device: Union[str, torch.device, None] = None,
+) -> Union[float, SimilarityResult]:
     """How alike the faces in ``a`` and ``b`` look: cosine similarity in [-1, 1] (higher = more alike).
 
     ``a``, ``b``: images (paths, ``PIL.Image``, numpy HWC, tensors (3, H, W)) or lists/batches of
@@ -111,13 +142,26 @@ def similarity(a: Any, b: Any, model: Any = DEFAULT_MODEL, *,
     list_a, list_b = batch_items(a), batch_items(b)
     pairs = _pairs(len(list_a), len(list_b))
     on_error = "raise" if single else "record"
-    emb_a, emb_b = (embed(side, metric, face_index=index, argument=name, batch_size=batch_size,
-                          num_workers=num_workers, progress=progress, device=device, on_error=on_error)
-                    for side, index, name in ((a, face_index_a, "face_index_a"), (b, face_index_b, "face_index_b")))
+    emb_a, emb_b = (
+        embed(
+            side,
+            metric,
+            face_index=index,
+            argument=name,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            progress=progress,
+            device=device,
+            on_error=on_error,
+        )
+        for side, index, name in ((a, face_index_a, "face_index_a"), (b, face_index_b, "face_index_b"))
+    )
     if single:
         return float((emb_a.embeddings[0] * emb_b.embeddings[0]).sum())
-    rows_a, rows_b = torch.tensor([i for i, _ in pairs], dtype=torch.long), torch.tensor([j for _, j in pairs],
-                                                                                          dtype=torch.long)
+    rows_a, rows_b = (
+        torch.tensor([i for i, _ in pairs], dtype=torch.long),
+        torch.tensor([j for _, j in pairs], dtype=torch.long),
+    )
     scores = (emb_a.embeddings[rows_a] * emb_b.embeddings[rows_b]).sum(dim=1)
     errors = {}
     for p, (i, j) in enumerate(pairs):

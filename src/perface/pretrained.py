@@ -14,9 +14,10 @@ import json
 import logging
 import re
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, Mapping, NamedTuple, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, NamedTuple, Optional, Union
 
 import torch
 
@@ -44,7 +45,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-StateDict = Dict[str, torch.Tensor]
+StateDict = dict[str, torch.Tensor]
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "README.md"
@@ -53,7 +54,7 @@ _HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)(?:@(?P<r
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
 
-def parse_hub_id(text: str) -> Optional[Tuple[str, str]]:
+def parse_hub_id(text: str) -> Optional[tuple[str, str]]:
     """``"org/repo[@revision]"`` -> ``(repo_id, revision)`` (revision defaults to ``"main"``); else None."""
     match = _HUB_ID.match(text)
     if match is None:
@@ -185,7 +186,10 @@ def check_compatible(spec: ModelSpec, state_dict: Mapping[str, torch.Tensor], or
     expected = {k: tuple(v.shape) for k, v in net.state_dict().items()}
     got = {k: tuple(v.shape) for k, v in state_dict.items()}
     problems = []
-    for label, keys in (("missing", sorted(set(expected) - set(got))), ("unexpected", sorted(set(got) - set(expected)))):
+    for label, keys in (
+        ("missing", sorted(set(expected) - set(got))),
+        ("unexpected", sorted(set(got) - set(expected))),
+    ):
         if keys:
             shown = ", ".join(keys[:12]) + (f", ... ({len(keys)} in all)" if len(keys) > 12 else "")
             problems.append(f"{label} keys: {shown}")
@@ -194,7 +198,8 @@ def check_compatible(spec: ModelSpec, state_dict: Mapping[str, torch.Tensor], or
         problems.append("shape mismatches (checkpoint vs architecture): " + "; ".join(shapes[:12]))
     if problems:
         raise IncompatibleCheckpointError(
-            f"{origin} does not fit architecture {spec.arch!r}: " + " | ".join(problems)
+            f"{origin} does not fit architecture {spec.arch!r}: "
+            + " | ".join(problems)
             + ". Nothing was loaded; check that config.json matches the weights."
         )
 
@@ -202,7 +207,7 @@ def check_compatible(spec: ModelSpec, state_dict: Mapping[str, torch.Tensor], or
 # --------------------------------------------------------------------------- saving and publishing
 
 
-def _spec_with(spec: ModelSpec, overrides: Dict[str, Any]) -> ModelSpec:
+def _spec_with(spec: ModelSpec, overrides: dict[str, Any]) -> ModelSpec:
     allowed = {f.name for f in dataclasses.fields(ModelSpec)} - {"weights"}
     unknown = sorted(set(overrides) - allowed)
     if unknown:
@@ -210,7 +215,7 @@ def _spec_with(spec: ModelSpec, overrides: Dict[str, Any]) -> ModelSpec:
     return dataclasses.replace(spec, weights=None, **overrides)
 
 
-def save_pretrained(model: "PerFace", directory: Union[str, Path], **overrides: Any) -> Path:
+def save_pretrained(model: PerFace, directory: Union[str, Path], **overrides: Any) -> Path:
     """Write ``model.safetensors``, ``config.json`` and ``README.md`` (model card) to ``directory``.
 
     ``overrides`` replace fields of the model's :class:`~perface.registry.ModelSpec` in the saved
@@ -228,8 +233,14 @@ def save_pretrained(model: "PerFace", directory: Union[str, Path], **overrides: 
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.net.state_dict().items()}
     check_compatible(spec, state, f"model {spec.name!r}")
     weights = directory / WEIGHTS_NAME
-    atomic_write(weights, lambda tmp: save_file(state, str(tmp), metadata={
-        "format": "pt", "perface_version": __version__, "name": spec.name, "arch": spec.arch}))
+    atomic_write(
+        weights,
+        lambda tmp: save_file(
+            state,
+            str(tmp),
+            metadata={"format": "pt", "perface_version": __version__, "name": spec.name, "arch": spec.arch},
+        ),
+    )
     config = json.dumps(spec.to_config(), indent=2, sort_keys=True) + "\n"
     atomic_write_text(directory / CONFIG_NAME, config)
     card = render_model_card(spec, sha256=sha256_file(weights), size=weights.stat().st_size)
@@ -257,7 +268,7 @@ class PublishedCheckpoint:
 
 
 def push_to_hub(
-    model: "PerFace",
+    model: PerFace,
     repo_id: str,
     *,
     private: Optional[bool] = None,
@@ -281,11 +292,15 @@ def push_to_hub(
         name = json.loads((folder / CONFIG_NAME).read_text())["name"]
         api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
         info = api.upload_folder(
-            repo_id=repo_id, folder_path=str(folder), repo_type="model",
+            repo_id=repo_id,
+            folder_path=str(folder),
+            repo_type="model",
             commit_message=commit_message or f"Upload perface checkpoint {name}",
         )
-    published = PublishedCheckpoint(repo_id=repo_id, revision=str(info.oid), sha256=sha, size=size,
-                                    url=str(getattr(info, "commit_url", "")))
-    logger.info("published %s at %s; registry entry weights:\n%s", name, published.revision,
-                published.registry_source())
+    published = PublishedCheckpoint(
+        repo_id=repo_id, revision=str(info.oid), sha256=sha, size=size, url=str(getattr(info, "commit_url", ""))
+    )
+    logger.info(
+        "published %s at %s; registry entry weights:\n%s", name, published.revision, published.registry_source()
+    )
     return published

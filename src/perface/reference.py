@@ -19,17 +19,17 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from importlib import resources
 from itertools import combinations
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 if TYPE_CHECKING:
     from .model import PerFace
 
-__all__ = ["ReferencePair", "ReferenceSet", "Reading", "available", "load_reference", "compute_reference",
-           "reading"]
+__all__ = ["ReferencePair", "ReferenceSet", "Reading", "available", "load_reference", "compute_reference", "reading"]
 
 FORMAT = 1
 TIE = 5e-4  # values closer than this to the score count as equal (they print the same to 3 decimals)
@@ -66,35 +66,50 @@ class ReferenceSet:
     description: str
     model: str
     signature: str
-    photos: Tuple[Dict[str, str], ...]
-    excluded: Tuple[Dict[str, str], ...]
-    pairs: Tuple[ReferencePair, ...]
+    photos: tuple[dict[str, str], ...]
+    excluded: tuple[dict[str, str], ...]
+    pairs: tuple[ReferencePair, ...]
 
     @property
     def people(self) -> int:
         """Number of distinct people among the photos used."""
         return len({p["person"] for p in self.photos})
 
-    def values(self, same_person: bool) -> List[float]:
+    def values(self, same_person: bool) -> list[float]:
         """Similarities of the same-person (``True``) or different-person (``False``) pairs, sorted."""
         return sorted(p.similarity for p in self.pairs if p.same_person == same_person)
 
-    def to_dict(self) -> Dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         """The JSON form written by ``tools/make_reference.py`` (read back with :meth:`from_dict`)."""
-        return {"format": FORMAT, "name": self.name, "description": self.description, "model": self.model,
-                "signature": self.signature, "photos": list(self.photos), "excluded": list(self.excluded),
-                "pairs": [{**asdict(p), "similarity": round(p.similarity, 6)} for p in self.pairs]}
+        return {
+            "format": FORMAT,
+            "name": self.name,
+            "description": self.description,
+            "model": self.model,
+            "signature": self.signature,
+            "photos": list(self.photos),
+            "excluded": list(self.excluded),
+            "pairs": [{**asdict(p), "similarity": round(p.similarity, 6)} for p in self.pairs],
+        }
 
     @classmethod
-    def from_dict(cls, data: Dict[str, Any]) -> "ReferenceSet":
+    def from_dict(cls, data: dict[str, Any]) -> ReferenceSet:
         """Read the JSON form; raises ``ValueError`` for another format version or missing fields."""
         if data.get("format") != FORMAT:
             raise ValueError(f"reference set format {data.get('format')!r}; this perface reads format {FORMAT}")
         try:
-            pairs = tuple(ReferencePair(p["a"], p["b"], bool(p["same_person"]), float(p["similarity"]))
-                          for p in data["pairs"])
-            return cls(data["name"], data["description"], data["model"], data["signature"],
-                       tuple(data["photos"]), tuple(data.get("excluded", ())), pairs)
+            pairs = tuple(
+                ReferencePair(p["a"], p["b"], bool(p["same_person"]), float(p["similarity"])) for p in data["pairs"]
+            )
+            return cls(
+                data["name"],
+                data["description"],
+                data["model"],
+                data["signature"],
+                tuple(data["photos"]),
+                tuple(data.get("excluded", ())),
+                pairs,
+            )
         except (KeyError, TypeError) as exc:
             raise ValueError(f"reference set: missing or malformed field {exc}") from exc
 
@@ -116,34 +131,48 @@ class Reading:
     same_below: int
     same_tied: int
     same_above: int
-    same_range: Optional[Tuple[float, float]]
+    same_range: Optional[tuple[float, float]]
     different_below: int
     different_tied: int
     different_above: int
-    different_range: Optional[Tuple[float, float]]
+    different_range: Optional[tuple[float, float]]
 
     @property
     def pairs(self) -> int:
         """Number of pairs in the reference set."""
-        return (self.same_below + self.same_tied + self.same_above + self.different_below + self.different_tied
-                + self.different_above)
+        return (
+            self.same_below
+            + self.same_tied
+            + self.same_above
+            + self.different_below
+            + self.different_tied
+            + self.different_above
+        )
 
-    def to_dict(self) -> Dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         """JSON-ready fields, with the sentence under ``"text"``."""
         return {**asdict(self), "text": str(self)}
 
     def __str__(self) -> str:
         model = self.signature.split("|")[1].partition(":")[2] if "|" in self.signature else self.signature
-        parts = [_place(self.different_below, self.different_tied, self.different_above, self.different_range,
-                        "different-person", low_first=True),
-                 _place(self.same_below, self.same_tied, self.same_above, self.same_range,
-                        "same-person", low_first=False)]
-        return (f"{self.score:.3f}: {'; '.join(parts)}. Reference set '{self.reference}': {self.pairs} pairs of "
-                f"{self.photos} photos of {self.people} people, model {model}; too few to calibrate a threshold.")
+        parts = [
+            _place(
+                self.different_below,
+                self.different_tied,
+                self.different_above,
+                self.different_range,
+                "different-person",
+                low_first=True,
+            ),
+            _place(self.same_below, self.same_tied, self.same_above, self.same_range, "same-person", low_first=False),
+        ]
+        return (
+            f"{self.score:.3f}: {'; '.join(parts)}. Reference set '{self.reference}': {self.pairs} pairs of "
+            f"{self.photos} photos of {self.people} people, model {model}; too few to calibrate a threshold."
+        )
 
 
-def _place(below: int, tied: int, above: int, span: Optional[Tuple[float, float]], kind: str,
-           low_first: bool) -> str:
+def _place(below: int, tied: int, above: int, span: Optional[tuple[float, float]], kind: str, low_first: bool) -> str:
     """One clause: the score's place among ``below + tied + above`` pairs of one kind."""
     n = below + tied + above
     if n == 0:
@@ -164,16 +193,19 @@ def _data_file(model: str) -> str:
     return f"reference_{model}.json"
 
 
-def available() -> List[str]:
+def available() -> list[str]:
     """Model names with a reference set shipped in the package."""
     folder = resources.files("perface") / "data"
     if not folder.is_dir():
         return []
-    return sorted(p.name[len("reference_"):-len(".json")] for p in folder.iterdir()
-                  if p.name.startswith("reference_") and p.name.endswith(".json"))
+    return sorted(
+        p.name[len("reference_") : -len(".json")]
+        for p in folder.iterdir()
+        if p.name.startswith("reference_") and p.name.endswith(".json")
+    )
 
 
-def load_reference(model: Union[str, "PerFace"] = "sface", path: Union[str, Path, None] = None) -> ReferenceSet:
+def load_reference(model: Union[str, PerFace] = "sface", path: Union[str, Path, None] = None) -> ReferenceSet:
     """The reference set shipped for ``model`` (a checkpoint name or a :class:`~perface.PerFace`),
     or the one in the JSON file ``path``.
 
@@ -186,13 +218,15 @@ def load_reference(model: Union[str, "PerFace"] = "sface", path: Union[str, Path
     resource = resources.files("perface") / "data" / _data_file(name)
     if not resource.is_file():
         have = ", ".join(available()) or "none"
-        raise ValueError(f"no reference set ships for model {name!r} (reference sets ship for: {have}); "
-                         "make one from photos of known people with perface.reference.compute_reference "
-                         "(tools/make_reference.py in the source tree) and pass it as reference=")
+        raise ValueError(
+            f"no reference set ships for model {name!r} (reference sets ship for: {have}); "
+            "make one from photos of known people with perface.reference.compute_reference "
+            "(tools/make_reference.py in the source tree) and pass it as reference="
+        )
     return ReferenceSet.from_dict(json.loads(resource.read_text(encoding="utf-8")))
 
 
-def _check_applies(ref: ReferenceSet, model: Union[str, "PerFace"]) -> None:
+def _check_applies(ref: ReferenceSet, model: Union[str, PerFace]) -> None:
     """Warn when ``ref`` was made with other weights, detector, alignment or precision than ``model``."""
     from .signature import Signature, signature_of
 
@@ -203,19 +237,26 @@ def _check_applies(ref: ReferenceSet, model: Union[str, "PerFace"]) -> None:
         if spec is None or spec.weights is None:
             return  # a path or Hub id: only a metric object can be compared
         want = Signature.parse(ref.signature)
-        have_model = f"{model}@{spec.weights.sha256[:len(want.model.partition('@')[2])]}"
+        have_model = f"{model}@{spec.weights.sha256[: len(want.model.partition('@')[2])]}"
         diffs = [("model", want.model, have_model)] if want.model != have_model else []
     else:
-        diffs = [d for d in Signature.parse(ref.signature).differences(signature_of(model, "detect"))
-                 if d[0] in _MATCH_FIELDS]
+        diffs = [
+            d
+            for d in Signature.parse(ref.signature).differences(signature_of(model, "detect"))
+            if d[0] in _MATCH_FIELDS
+        ]
     if diffs:
         listed = "; ".join(f"{k}: reference {a!r}, metric {b!r}" for k, a, b in diffs)
-        warnings.warn(f"reference set '{ref.name}' was measured with another metric ({listed}); the reading "
-                      "may not apply. Regenerate it with tools/make_reference.py", stacklevel=3)
+        warnings.warn(
+            f"reference set '{ref.name}' was measured with another metric ({listed}); the reading "
+            "may not apply. Regenerate it with tools/make_reference.py",
+            stacklevel=3,
+        )
 
 
-def reading(score: float, model: Union[str, "PerFace"] = "sface",
-            reference: Union[ReferenceSet, str, Path, None] = None) -> Reading:
+def reading(
+    score: float, model: Union[str, PerFace] = "sface", reference: Union[ReferenceSet, str, Path, None] = None
+) -> Reading:
     """Place a similarity ``score`` (a cosine in [-1, 1] from ``model``) among the pairs of a
     reference set.
 
@@ -241,24 +282,28 @@ def reading(score: float, model: Union[str, "PerFace"] = "sface",
 
     if not isinstance(score, (int, float)) or not math.isfinite(score):
         raise ValueError(f"reading: score must be a finite similarity in [-1, 1], got {score!r}")
-    if isinstance(reference, ReferenceSet):
-        ref = reference
-    else:
-        ref = load_reference(model, reference)
+    ref = reference if isinstance(reference, ReferenceSet) else load_reference(model, reference)
     _check_applies(ref, model)
-    counts: Dict[bool, Tuple[int, int, int, Optional[Tuple[float, float]]]] = {}
+    counts: dict[bool, tuple[int, int, int, Optional[tuple[float, float]]]] = {}
     for same in (True, False):
         vals = ref.values(same)
         below = sum(v < score - TIE for v in vals)
         above = sum(v > score + TIE for v in vals)
         counts[same] = (below, len(vals) - below - above, above, (vals[0], vals[-1]) if vals else None)
-    return Reading(float(score), ref.name, ref.signature, len(ref.photos), ref.people, *counts[True],
-                   *counts[False])
+    return Reading(float(score), ref.name, ref.signature, len(ref.photos), ref.people, *counts[True], *counts[False])
 
 
-def compute_reference(files: Sequence[Union[str, Path]], people: Sequence[str], metric: "PerFace", *, name: str,
-                      description: str, excluded: Sequence[Dict[str, str]] = (), batch_size: int = 8,
-                      progress: bool = False) -> ReferenceSet:
+def compute_reference(
+    files: Sequence[Union[str, Path]],
+    people: Sequence[str],
+    metric: PerFace,
+    *,
+    name: str,
+    description: str,
+    excluded: Sequence[dict[str, str]] = (),
+    batch_size: int = 8,
+    progress: bool = False,
+) -> ReferenceSet:
     """Embed ``files`` with ``metric`` through the photo pipeline and measure every pair.
 
     Args:
@@ -285,14 +330,36 @@ def compute_reference(files: Sequence[Union[str, Path]], people: Sequence[str], 
         raise ValueError(f"compute_reference: {len(files)} files but {len(people)} people")
     res = embed_images([str(f) for f in files], model=metric, batch_size=batch_size, progress=progress)
     kept = [i for i in range(len(files)) if bool(res.ok[i])]
-    skipped = [{"file": Path(files[i]).name, "reason": res.errors.get(i, "no embedding")}
-               for i in range(len(files)) if i not in kept]
+    skipped = [
+        {"file": Path(files[i]).name, "reason": res.errors.get(i, "no embedding")}
+        for i in range(len(files))
+        if i not in kept
+    ]
     emb = res.embeddings[kept].double()
     sims = emb @ emb.T
-    photos = tuple({"file": Path(files[i]).name, "person": people[i],
-                    "sha256": hashlib.sha256(Path(files[i]).read_bytes()).hexdigest()} for i in kept)
-    pairs = tuple(ReferencePair(photos[i]["file"], photos[j]["file"], photos[i]["person"] == photos[j]["person"],
-                                float(torch.clamp(sims[i, j], -1.0, 1.0)))
-                  for i, j in combinations(range(len(kept)), 2))
-    return ReferenceSet(name, description, metric.name, str(signature_of(metric, "detect")), photos,
-                        tuple(excluded) + tuple(skipped), pairs)
+    photos = tuple(
+        {
+            "file": Path(files[i]).name,
+            "person": people[i],
+            "sha256": hashlib.sha256(Path(files[i]).read_bytes()).hexdigest(),
+        }
+        for i in kept
+    )
+    pairs = tuple(
+        ReferencePair(
+            photos[i]["file"],
+            photos[j]["file"],
+            photos[i]["person"] == photos[j]["person"],
+            float(torch.clamp(sims[i, j], -1.0, 1.0)),
+        )
+        for i, j in combinations(range(len(kept)), 2)
+    )
+    return ReferenceSet(
+        name,
+        description,
+        metric.name,
+        str(signature_of(metric, "detect")),
+        photos,
+        tuple(excluded) + tuple(skipped),
+        pairs,
+    )

@@ -8,12 +8,21 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Dict, List, Optional
+from typing import Any, Optional
 
 from .errors import UnknownModelError
 
-__all__ = ["WeightsSource", "ModelSpec", "DetectorSpec", "MODELS", "DEFAULT_MODEL", "DETECTOR", "get_spec",
-           "list_models", "register"]
+__all__ = [
+    "WeightsSource",
+    "ModelSpec",
+    "DetectorSpec",
+    "MODELS",
+    "DEFAULT_MODEL",
+    "DETECTOR",
+    "get_spec",
+    "list_models",
+    "register",
+]
 
 
 @dataclass(frozen=True)
@@ -56,10 +65,10 @@ class ModelSpec:
     trained_on: str
     description: str
     input_size: int = 112
-    arch_kwargs: Dict[str, Any] = field(default_factory=dict)
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)
     perceptual: bool = False
     weights: Optional[WeightsSource] = None
-    scores: Dict[str, Any] = field(default_factory=dict)
+    scores: dict[str, Any] = field(default_factory=dict)
     citation: str = ""
 
     @property
@@ -69,14 +78,14 @@ class ModelSpec:
             return "perceptual similarity (fine-tuned on human judgments)"
         return "identity similarity (face recognition, not perceptual)"
 
-    def to_config(self) -> Dict[str, Any]:
+    def to_config(self) -> dict[str, Any]:
         """JSON-ready config (``config.json`` of a saved checkpoint), without the weights location."""
         out = asdict(self)
         out.pop("weights")
         return out
 
     @classmethod
-    def from_config(cls, config: Dict[str, Any]) -> "ModelSpec":
+    def from_config(cls, config: dict[str, Any]) -> ModelSpec:
         """Inverse of :meth:`to_config`; unknown keys are an error (incompatible config)."""
         known = {f.name for f in fields(cls)} - {"weights"}
         unknown = sorted(set(config) - known)
@@ -108,7 +117,7 @@ _ARCFACE_CITATION = (
     "Recognition. CVPR 2019."
 )
 
-MODELS: Dict[str, ModelSpec] = {}
+MODELS: dict[str, ModelSpec] = {}
 
 
 def register(spec: ModelSpec) -> ModelSpec:
@@ -117,61 +126,65 @@ def register(spec: ModelSpec) -> ModelSpec:
     return spec
 
 
-register(ModelSpec(
-    name="sface",
-    arch="sface",
-    embedding_size=128,
-    template="arcface",
-    input_mean=0.5,
-    input_std=128.0 / 255.0,
-    license="Apache-2.0",
-    trained_on="CASIA-WebFace (face identification); OpenCV model zoo face_recognition_sface_2021dec",
-    description=(
-        "Identity baseline: SFace face-recognition embedding (MobileFaceNet-style, 128-d), not yet "
-        "fine-tuned on perceptual judgments. Compact and permissively licensed."
-    ),
-    weights=WeightsSource(
-        kind="embedded",
-        filename="sface.safetensors",
-        sha256="0f0fbaa20621cac2fb7d712a11539cb36d300d7e362cb282da56da4ea04fc3f4",
-        size=38686744,
-        provenance="converted by tools/convert_sface.py; see perface/weights/PROVENANCE.json",
-    ),
-    scores={"lfw_accuracy": 0.994, "lfw_accuracy_source": "OpenCV model zoo (int8bq model card)"},
-    citation=_SFACE_CITATION,
-))
-
-register(ModelSpec(
-    name="arcface-r50-ms1mv3",
-    arch="iresnet50",
-    embedding_size=512,
-    template="arcface",
-    input_mean=0.5,
-    input_std=0.5,
-    license="insightface: non-commercial research use only",
-    trained_on="MS1MV3 (face identification), insightface arcface_torch",
-    description=(
-        "The PerFace paper's initialization: insightface ArcFace iresnet50 trained on MS1MV3 "
-        "(512-d). An identity model: triplet accuracy 0.701 on SimCelebA per the paper."
-    ),
-    weights=WeightsSource(
-        kind="hub",
-        repo_id="camenduru/show",
-        filename="models/arcface/ms1mv3_arcface_r50_fp16.pth",
-        revision="d95d9e7901b981d744390e052e05432499d3106c",
-        sha256="ef005ba502a2d0f40e7b94245054d3a23e375776f7035080fcbce45ae49cfb01",
-        size=174680546,
-        format="pth",
-        provenance=(
-            "revision: a public camenduru/show commit whose models/arcface/ folder (added in 3bbb319, "
-            "2023-06-13) is listed on the Hub; sha256: the Git LFS oid (size 174680546) of the same "
-            "insightface file in the Hub mirrors lithiumice/ArcFace_PyTorch and torphix/face. The r50 "
-            "blob page at this exact commit was not seen directly: a different file fails the check."
+register(
+    ModelSpec(
+        name="sface",
+        arch="sface",
+        embedding_size=128,
+        template="arcface",
+        input_mean=0.5,
+        input_std=128.0 / 255.0,
+        license="Apache-2.0",
+        trained_on="CASIA-WebFace (face identification); OpenCV model zoo face_recognition_sface_2021dec",
+        description=(
+            "Identity baseline: SFace face-recognition embedding (MobileFaceNet-style, 128-d), not yet "
+            "fine-tuned on perceptual judgments. Compact and permissively licensed."
         ),
-    ),
-    scores={"simceleba_triplet_accuracy": 0.701, "source": "PerFace paper, Table 1"},
-    citation=_ARCFACE_CITATION,
-))
+        weights=WeightsSource(
+            kind="embedded",
+            filename="sface.safetensors",
+            sha256="0f0fbaa20621cac2fb7d712a11539cb36d300d7e362cb282da56da4ea04fc3f4",
+            size=38686744,
+            provenance="converted by tools/convert_sface.py; see perface/weights/PROVENANCE.json",
+        ),
+        scores={"lfw_accuracy": 0.994, "lfw_accuracy_source": "OpenCV model zoo (int8bq model card)"},
+        citation=_SFACE_CITATION,
+    )
+)
+
+register(
+    ModelSpec(
+        name="arcface-r50-ms1mv3",
+        arch="iresnet50",
+        embedding_size=512,
+        template="arcface",
+        input_mean=0.5,
+        input_std=0.5,
+        license="insightface: non-commercial research use only",
+        trained_on="MS1MV3 (face identification), insightface arcface_torch",
+        description=(
+            "The PerFace paper's initialization: insightface ArcFace iresnet50 trained on MS1MV3 "
+            "(512-d). An identity model: triplet accuracy 0.701 on SimCelebA per the paper."
+        ),
+        weights=WeightsSource(
+            kind="hub",
+            repo_id="camenduru/show",
+            filename="models/arcface/ms1mv3_arcface_r50_fp16.pth",
+            revision="d95d9e7901b981d744390e052e05432499d3106c",
+            sha256="ef005ba502a2d0f40e7b94245054d3a23e375776f7035080fcbce45ae49cfb01",
+            size=174680546,
+            format="pth",
+            provenance=(
+                "revision: a public camenduru/show commit whose models/arcface/ folder (added in 3bbb319, "
+                "2023-06-13) is listed on the Hub; sha256: the Git LFS oid (size 174680546) of the same "
+                "insightface file in the Hub mirrors lithiumice/ArcFace_PyTorch and torphix/face. The r50 "
+                "blob page at this exact commit was not seen directly: a different file fails the check."
+            ),
+        ),
+        scores={"simceleba_triplet_accuracy": 0.701, "source": "PerFace paper, Table 1"},
+        citation=_ARCFACE_CITATION,
+    )
+)
 
 DEFAULT_MODEL = "sface"
 
@@ -190,7 +203,7 @@ DETECTOR = DetectorSpec(
 )
 
 
-def list_models() -> List[str]:
+def list_models() -> list[str]:
     """Names of every registered checkpoint."""
     return sorted(MODELS)
 

@@ -21,7 +21,6 @@ import functools
 import importlib.util
 from pathlib import Path
 from types import ModuleType
-from typing import List, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -36,13 +35,13 @@ LEVELS = (0, 1, 2)  # feature maps, finest first: the order of the network's out
 CHANNELS_IN, CHANNELS_OUT = 32, 64  # facexlib's cfg_mnet "in_channel" / "out_channel"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _facexlib_layers() -> ModuleType:
     """``facexlib/detection/retinaface_net.py``, loaded without the facexlib package's ``__init__``."""
     spec = importlib.util.find_spec("facexlib")
     if spec is None or not spec.submodule_search_locations:
         raise ModuleNotFoundError("face detection needs facexlib: pip install facexlib (a dependency of perface)")
-    path = Path(list(spec.submodule_search_locations)[0]) / "detection" / "retinaface_net.py"
+    path = Path(next(iter(spec.submodule_search_locations))) / "detection" / "retinaface_net.py"
     file_spec = importlib.util.spec_from_file_location("perface._facexlib_retinaface_net", path)
     assert file_spec is not None and file_spec.loader is not None
     module = importlib.util.module_from_spec(file_spec)
@@ -58,13 +57,13 @@ class _Stages(nn.Module):
         backbone = _facexlib_layers().MobileNetV1()
         self.stage1, self.stage2, self.stage3 = backbone.stage1, backbone.stage2, backbone.stage3
 
-    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         c1 = self.stage1(x)
         c2 = self.stage2(c1)
         return [c1, c2, self.stage3(c2)]
 
 
-Outputs = Tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # boxes (N, A, 4), scores (N, A, 2), landmarks (N, A, 10)
+Outputs = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # boxes (N, A, 4), scores (N, A, 2), landmarks (N, A, 10)
 
 
 class RetinaFaceMobile(nn.Module):
@@ -93,7 +92,7 @@ class RetinaFaceMobile(nn.Module):
         coarse, c1, p2 = self.coarse(x)
         return join(self.fine(c1, p2), coarse)
 
-    def coarse(self, x: torch.Tensor) -> Tuple[Outputs, torch.Tensor, torch.Tensor]:
+    def coarse(self, x: torch.Tensor) -> tuple[Outputs, torch.Tensor, torch.Tensor]:
         """The outputs of levels 1 and 2 (anchors 64 to 512 px), and what :meth:`fine` needs:
         the backbone's stride-8 features and the pyramid's stride-16 map."""
         c1, c2, c3 = self.body(x)
@@ -123,7 +122,7 @@ def join(*outputs: Outputs) -> Outputs:
 
 
 @functools.lru_cache(maxsize=32)
-def anchors(height: int, width: int, levels: Tuple[int, ...] = LEVELS) -> torch.Tensor:
+def anchors(height: int, width: int, levels: tuple[int, ...] = LEVELS) -> torch.Tensor:
     """(A, 4) anchors ``(cx, cy, w, h)`` as fractions of a ``height`` x ``width`` network input,
     in the network's output order: per feature map of ``levels``, row-major cells, then the two
     sides."""
@@ -131,12 +130,16 @@ def anchors(height: int, width: int, levels: Tuple[int, ...] = LEVELS) -> torch.
     for level in levels:
         stride, sides = STRIDES[level], ANCHOR_SIDES[level]
         rows, cols = -(-height // stride), -(-width // stride)
-        cy, cx = torch.meshgrid((torch.arange(rows, dtype=torch.float64) + 0.5) * stride / height,
-                                (torch.arange(cols, dtype=torch.float64) + 0.5) * stride / width, indexing="ij")
+        cy, cx = torch.meshgrid(
+            (torch.arange(rows, dtype=torch.float64) + 0.5) * stride / height,
+            (torch.arange(cols, dtype=torch.float64) + 0.5) * stride / width,
+            indexing="ij",
+        )
         cells = []
         for side in sides:
-            cells.append(torch.stack([cx, cy, torch.full_like(cx, side / width), torch.full_like(cy, side / height)],
-                                     dim=-1))
+            cells.append(
+                torch.stack([cx, cy, torch.full_like(cx, side / width), torch.full_like(cy, side / height)], dim=-1)
+            )
         out.append(torch.stack(cells, dim=2).reshape(-1, 4))
     return torch.cat(out).float()
 

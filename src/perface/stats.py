@@ -7,8 +7,9 @@ with a CI from here, so results are reported the same way everywhere.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence, Union
+from typing import Union
 
 import numpy as np
 
@@ -32,8 +33,14 @@ class Estimate:
         return f"{self.mean:.3f} [{self.low:.3f}, {self.high:.3f}]"
 
     def to_dict(self) -> dict:
-        return {"mean": self.mean, "ci_low": self.low, "ci_high": self.high, "n": self.n,
-                "ci_method": self.method, "ci_level": self.level}
+        return {
+            "mean": self.mean,
+            "ci_low": self.low,
+            "ci_high": self.high,
+            "n": self.n,
+            "ci_method": self.method,
+            "ci_level": self.level,
+        }
 
 
 def _values(values: ArrayLike) -> np.ndarray:

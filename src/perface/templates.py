@@ -9,13 +9,12 @@ tip, left mouth corner, right mouth corner ("left" = smaller x).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Tuple
 
 import numpy as np
 
 __all__ = ["Template", "TEMPLATES", "get_template", "template_points", "list_templates"]
 
-Points = Tuple[Tuple[float, float], ...]
+Points = tuple[tuple[float, float], ...]
 
 
 @dataclass(frozen=True)
@@ -37,35 +36,43 @@ class Template:
         return (np.asarray(self.points, dtype=np.float64) + 0.5) * ratio - 0.5
 
 
-TEMPLATES: Dict[str, Template] = {t.name: t for t in (
-    Template(
-        name="arcface",
-        size=112,
-        points=((38.2946, 51.6963), (73.5318, 51.5014), (56.0252, 71.7366), (41.5493, 92.3655), (70.7299, 92.2041)),
-        description="insightface ArcFace 112x112 template (what SFace and insightface models expect)",
-    ),
-    Template(
-        name="simceleba",
-        size=112,
-        points=((39.730, 51.138), (72.270, 51.138), (56.000, 68.493), (42.463, 87.010), (69.537, 87.010)),
-        description="SimSwap's frontal template at 112; SimCelebA crops are this framing at 224 "
-                    "(mouth row ~174 of 224)",
-    ),
-    Template(
-        name="ffhq",
-        size=512,
-        points=((192.98138, 239.94708), (318.90277, 240.1936), (256.63416, 314.01935),
-                (201.26117, 371.41043), (313.08905, 371.15118)),
-        description="FFHQ / CelebA-HQ aligned crops: mean five-point positions in FFHQ-aligned 512x512 faces "
-                    "(the template of facexlib's FaceRestoreHelper, used by GFPGAN and CodeFormer)",
-    ),
-)}
+TEMPLATES: dict[str, Template] = {
+    t.name: t
+    for t in (
+        Template(
+            name="arcface",
+            size=112,
+            points=((38.2946, 51.6963), (73.5318, 51.5014), (56.0252, 71.7366), (41.5493, 92.3655), (70.7299, 92.2041)),
+            description="insightface ArcFace 112x112 template (what SFace and insightface models expect)",
+        ),
+        Template(
+            name="simceleba",
+            size=112,
+            points=((39.730, 51.138), (72.270, 51.138), (56.000, 68.493), (42.463, 87.010), (69.537, 87.010)),
+            description="SimSwap's frontal template at 112; SimCelebA crops are this framing at 224 "
+            "(mouth row ~174 of 224)",
+        ),
+        Template(
+            name="ffhq",
+            size=512,
+            points=(
+                (192.98138, 239.94708),
+                (318.90277, 240.1936),
+                (256.63416, 314.01935),
+                (201.26117, 371.41043),
+                (313.08905, 371.15118),
+            ),
+            description="FFHQ / CelebA-HQ aligned crops: mean five-point positions in FFHQ-aligned 512x512 faces "
+            "(the template of facexlib's FaceRestoreHelper, used by GFPGAN and CodeFormer)",
+        ),
+    )
+}
 
 # the size pre-aligned crops of each format usually come in (used when none is given)
 DEFAULT_SIZES = {"arcface": 112, "simceleba": 224, "ffhq": 512}
 
 
-def list_templates() -> Tuple[str, ...]:
+def list_templates() -> tuple[str, ...]:
     """Names of the known templates."""
     return tuple(sorted(TEMPLATES))
 

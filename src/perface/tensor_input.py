@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Tuple
-
 import torch
 
 from .errors import InputRangeError
@@ -14,7 +12,7 @@ _TOLERANCE = 1e-3  # resampling overshoot and float error tolerated beyond the r
 
 
 def to_unit_range(
-    x: torch.Tensor, value_range: Tuple[float, float] = (0.0, 1.0), check_range: bool = True, name: str = "input"
+    x: torch.Tensor, value_range: tuple[float, float] = (0.0, 1.0), check_range: bool = True, name: str = "input"
 ) -> torch.Tensor:
     """Return ``x`` as a float (N, 3, H, W) tensor in [0, 1].
 
@@ -26,13 +24,16 @@ def to_unit_range(
     An empty batch (0, 3, H, W) passes through. Differentiable in ``x``.
     """
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}; "
-                        "for paths, PIL images or numpy arrays use perface.similarity or PerFace(align='detect')")
+        raise TypeError(
+            f"{name}: expected a torch.Tensor, got {type(x).__name__}; "
+            "for paths, PIL images or numpy arrays use perface.similarity or PerFace(align='detect')"
+        )
     if x.dim() == 3:
         x = x.unsqueeze(0)
     if x.dim() != 4 or x.shape[1] not in (1, 3):
-        raise ValueError(f"{name}: expected shape (N, 3, H, W) or (3, H, W) (RGB, channels first), "
-                         f"got {tuple(x.shape)}")
+        raise ValueError(
+            f"{name}: expected shape (N, 3, H, W) or (3, H, W) (RGB, channels first), got {tuple(x.shape)}"
+        )
     if x.shape[1] == 1:
         x = x.expand(-1, 3, -1, -1)
     if x.dtype == torch.uint8:
@@ -50,7 +51,8 @@ def to_unit_range(
                 raise InputRangeError(
                     f"{name}: {nan} NaN and {int((~finite).sum()) - nan} infinite value(s) of {x.numel()}; "
                     "find where they come from (a diverging generator, a division by zero) or replace them "
-                    "(torch.nan_to_num); clamping does not remove NaN.")
+                    "(torch.nan_to_num); clamping does not remove NaN."
+                )
             xmin, xmax = float(x.min()), float(x.max())
         if not (xmin >= lo - _TOLERANCE and xmax <= hi + _TOLERANCE):
             if xmin >= -1 - _TOLERANCE and xmax <= 1 + _TOLERANCE and xmin < 0:

@@ -15,5 +15,16 @@ from .server import serve
 from .store import AnswerStore
 from .study import Item, Study, load_study
 
-__all__ = ["make_study", "MODES", "serve", "export", "write_report", "ExportReport", "AnnotatorQuality",
-           "AnswerStore", "Item", "Study", "load_study"]
+__all__ = [
+    "make_study",
+    "MODES",
+    "serve",
+    "export",
+    "write_report",
+    "ExportReport",
+    "AnnotatorQuality",
+    "AnswerStore",
+    "Item",
+    "Study",
+    "load_study",
+]

@@ -13,7 +13,8 @@ number of answers per item). Computed with the ``krippendorff`` package (part of
 from __future__ import annotations
 
 import math
-from typing import Dict, Hashable, Mapping, Optional, Sequence
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Optional
 
 __all__ = ["krippendorff_alpha", "pairwise_agreement", "majority_agreement", "Answers"]
 
@@ -31,7 +32,9 @@ def krippendorff_alpha(answers: Answers, items: Optional[Sequence[str]] = None) 
     try:
         import krippendorff
     except ImportError as exc:
-        raise ImportError("Krippendorff's alpha needs the krippendorff package: pip install \"perface[annotate]\"") from exc
+        raise ImportError(
+            'Krippendorff\'s alpha needs the krippendorff package: pip install "perface[annotate]"'
+        ) from exc
     import numpy as np
 
     annotators = sorted(answers)
@@ -65,7 +68,7 @@ def pairwise_agreement(answers: Answers, items: Optional[Sequence[str]] = None) 
     return agree / pairs if pairs else math.nan
 
 
-def majority_agreement(answers: Answers, annotator: str, items: Optional[Sequence[str]] = None) -> Dict[str, float]:
+def majority_agreement(answers: Answers, annotator: str, items: Optional[Sequence[str]] = None) -> dict[str, float]:
     """How often ``annotator`` agrees with the majority of the *other* annotators (leave one
     out, so an annotator is not compared with their own vote); items where the others tie or
     gave no answer are not counted. Returns ``{"agreement": fraction or NaN, "n": items compared}``."""
@@ -73,7 +76,7 @@ def majority_agreement(answers: Answers, annotator: str, items: Optional[Sequenc
     items = [i for i in (items if items is not None else sorted(own)) if i in own]
     agree = n = 0
     for item in items:
-        votes: Dict[Hashable, int] = {}
+        votes: dict[Hashable, int] = {}
         for other, given in answers.items():
             if other != annotator and item in given:
                 votes[given[item]] = votes.get(given[item], 0) + 1

@@ -17,7 +17,7 @@ import hashlib
 import hmac
 import random
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Optional
 
 from .store import AnswerStore
 from .study import Item, Study
@@ -33,7 +33,7 @@ class Progress:
     done: int
     total: int
 
-    def to_dict(self) -> Dict[str, int]:
+    def to_dict(self) -> dict[str, int]:
         return {"done": self.done, "total": self.total}
 
 
@@ -58,12 +58,12 @@ class Assigner:
         item_id = self._tokens.get(token)
         return None if item_id is None else self._items[item_id]
 
-    def _order(self, annotator: str, items) -> List[str]:
+    def _order(self, annotator: str, items) -> list[str]:
         ids = [item.id for item in items]
         random.Random(f"{self._secret.decode()}|{annotator}").shuffle(ids)
         return ids
 
-    def next(self, annotator: str) -> Tuple[Optional[Item], Progress]:
+    def next(self, annotator: str) -> tuple[Optional[Item], Progress]:
         """The next question for ``annotator`` (None when they are done) and their progress."""
         answered = self.store.answered(annotator)
         counts = self.store.counts() if self.answers_per_triplet else {}
@@ -71,8 +71,11 @@ class Assigner:
         catch = self._order(annotator, self.study.catch)
         real_done = sum(1 for i in real if i in answered)
         catch_done = sum(1 for i in catch if i in answered)
-        open_real = [i for i in real if i not in answered
-                     and (not self.answers_per_triplet or counts.get(i, 0) < self.answers_per_triplet)]
+        open_real = [
+            i
+            for i in real
+            if i not in answered and (not self.answers_per_triplet or counts.get(i, 0) < self.answers_per_triplet)
+        ]
         open_catch = [i for i in catch if i not in answered]
         progress = Progress(real_done + catch_done, real_done + catch_done + len(open_real) + len(open_catch))
         planned = real_done + len(open_real)

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, Sequence, Tuple
 
 __all__ = ["face_crops", "crop_name", "DISPLAY_TEMPLATE", "DISPLAY_SIZE"]
 
@@ -25,8 +25,9 @@ def crop_name(path: Path) -> str:
     return hashlib.sha256(str(path).encode()).hexdigest()[:20] + ".png"
 
 
-def face_crops(images: Sequence[Path], size: int = DISPLAY_SIZE,
-               progress: bool = True) -> Tuple[Dict[Path, bytes], Dict[Path, str]]:
+def face_crops(
+    images: Sequence[Path], size: int = DISPLAY_SIZE, progress: bool = True
+) -> tuple[dict[Path, bytes], dict[Path, str]]:
     """PNG bytes of each image's most prominent face aligned to the ``simceleba`` template,
     ``size`` x ``size`` pixels, and ``{image: reason}`` for images without a usable face."""
     from PIL import Image
@@ -35,8 +36,8 @@ def face_crops(images: Sequence[Path], size: int = DISPLAY_SIZE,
     from ..errors import PerFaceError
     from ..photos import prepare_face
 
-    crops: Dict[Path, bytes] = {}
-    failures: Dict[Path, str] = {}
+    crops: dict[Path, bytes] = {}
+    failures: dict[Path, str] = {}
     for path in tqdm(images, unit="img", desc="face crops", disable=not progress):
         try:
             crop = prepare_face(str(path), template=DISPLAY_TEMPLATE, size=size, device="cpu")

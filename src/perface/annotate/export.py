@@ -18,9 +18,10 @@ import math
 import os
 import statistics
 import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Optional, Union
 
 from .._io import atomic_write_text
 from .agreement import krippendorff_alpha, majority_agreement, pairwise_agreement
@@ -71,13 +72,13 @@ class ExportReport:
     pairwise_agreement: float
     min_catch_accuracy: Optional[float]
     signature: Optional[str]
-    annotators: List[AnnotatorQuality] = field(default_factory=list)
+    annotators: list[AnnotatorQuality] = field(default_factory=list)
 
     @property
-    def kept(self) -> List[str]:
+    def kept(self) -> list[str]:
         return [a.annotator for a in self.annotators if not a.excluded]
 
-    def to_dict(self) -> Dict:
+    def to_dict(self) -> dict:
         data = asdict(self)
         for key in ("alpha", "alpha_all", "pairwise_agreement"):
             data[key] = None if math.isnan(data[key]) else data[key]
@@ -99,17 +100,23 @@ class ExportReport:
         ]
         if self.min_catch_accuracy is not None:
             lines.append(f"- Annotators with catch-trial accuracy below {self.min_catch_accuracy:.2f} are excluded")
-        lines += ["", "| annotator | answers | catch trials correct | catch accuracy | agreement with majority "
-                  "(items) | median time (s) | kept |", "| --- | --- | --- | --- | --- | --- | --- |"]
+        lines += [
+            "",
+            "| annotator | answers | catch trials correct | catch accuracy | agreement with majority "
+            "(items) | median time (s) | kept |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
         for a in self.annotators:
             ms = "n/a" if a.median_ms is None else f"{a.median_ms / 1000:.1f}"
             kept = "yes" if not a.excluded else f"no ({a.reason})"
-            lines.append(f"| {a.annotator} | {a.answers} | {a.catch_correct}/{a.catch_answered} | "
-                         f"{num(a.catch_accuracy)} | {num(a.majority_agreement)} ({a.majority_compared}) | {ms} | {kept} |")
+            lines.append(
+                f"| {a.annotator} | {a.answers} | {a.catch_correct}/{a.catch_answered} | "
+                f"{num(a.catch_accuracy)} | {num(a.majority_agreement)} ({a.majority_compared}) | {ms} | {kept} |"
+            )
         return "\n".join(lines) + "\n"
 
 
-def _quality(study: Study, given: Dict[str, Dict[str, str]], times: Dict[str, List[int]]) -> List[AnnotatorQuality]:
+def _quality(study: Study, given: dict[str, dict[str, str]], times: dict[str, list[int]]) -> list[AnnotatorQuality]:
     real = [t.id for t in study.triplets]
     catch = {c.id: c.expected for c in study.catch}
     real_answers = {a: {i: v for i, v in items.items() if i not in catch} for a, items in given.items()}
@@ -117,16 +124,22 @@ def _quality(study: Study, given: Dict[str, Dict[str, str]], times: Dict[str, Li
     for annotator in sorted(given):
         caught = [given[annotator][c] == expected for c, expected in catch.items() if c in given[annotator]]
         maj = majority_agreement(real_answers, annotator, real)
-        rows.append(AnnotatorQuality(
-            annotator=annotator, answers=len(real_answers[annotator]), catch_answered=len(caught),
-            catch_correct=sum(caught), catch_accuracy=sum(caught) / len(caught) if caught else None,
-            majority_agreement=None if math.isnan(maj["agreement"]) else maj["agreement"],
-            majority_compared=int(maj["n"]),
-            median_ms=float(statistics.median(times[annotator])) if times.get(annotator) else None))
+        rows.append(
+            AnnotatorQuality(
+                annotator=annotator,
+                answers=len(real_answers[annotator]),
+                catch_answered=len(caught),
+                catch_correct=sum(caught),
+                catch_accuracy=sum(caught) / len(caught) if caught else None,
+                majority_agreement=None if math.isnan(maj["agreement"]) else maj["agreement"],
+                majority_compared=int(maj["n"]),
+                median_ms=float(statistics.median(times[annotator])) if times.get(annotator) else None,
+            )
+        )
     return rows
 
 
-def _csv(header: Sequence[str], rows: Sequence[Dict[str, str]]) -> str:
+def _csv(header: Sequence[str], rows: Sequence[dict[str, str]]) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(header), lineterminator="\n")
     writer.writeheader()
@@ -134,8 +147,13 @@ def _csv(header: Sequence[str], rows: Sequence[Dict[str, str]]) -> str:
     return buf.getvalue()
 
 
-def export(study_dir: PathLike, out: PathLike, min_catch_accuracy: Optional[float] = None,
-           exclude: Sequence[str] = (), columns: str = "annotator") -> ExportReport:
+def export(
+    study_dir: PathLike,
+    out: PathLike,
+    min_catch_accuracy: Optional[float] = None,
+    exclude: Sequence[str] = (),
+    columns: str = "annotator",
+) -> ExportReport:
     """Write the answered triplets of the study in ``study_dir`` to the triplet CSV ``out``.
 
     ``min_catch_accuracy``: leave out annotators whose catch-trial accuracy is below it (0-1;
@@ -157,23 +175,27 @@ def export(study_dir: PathLike, out: PathLike, min_catch_accuracy: Optional[floa
         raise FileNotFoundError(f"{store_path}: no answers yet; collect some with 'perface annotate serve {study_dir}'")
     with AnswerStore(store_path, study.sha256) as store:
         answers = store.answers()
-    given: Dict[str, Dict[str, str]] = {}
-    times: Dict[str, List[int]] = {}
+    given: dict[str, dict[str, str]] = {}
+    times: dict[str, list[int]] = {}
     for ans in answers:
         given.setdefault(ans.annotator, {})[ans.item] = ans.answer
         if ans.ms is not None:
             times.setdefault(ans.annotator, []).append(ans.ms)
     unknown = sorted(set(exclude) - set(given))
     if unknown:
-        raise ValueError(f"--exclude: no answers from annotator(s) {', '.join(unknown)}; known: {', '.join(sorted(given))}")
+        raise ValueError(
+            f"--exclude: no answers from annotator(s) {', '.join(unknown)}; known: {', '.join(sorted(given))}"
+        )
 
     quality = _quality(study, given, times)
     for q in quality:
         if q.annotator in exclude:
             q.excluded, q.reason = True, "excluded by name"
         elif min_catch_accuracy is not None and q.catch_accuracy is None:
-            warnings.warn(f"annotator {q.annotator} answered no catch trial: kept, but their attention is unmeasured",
-                          stacklevel=2)
+            warnings.warn(
+                f"annotator {q.annotator} answered no catch trial: kept, but their attention is unmeasured",
+                stacklevel=2,
+            )
         elif min_catch_accuracy is not None and q.catch_accuracy < min_catch_accuracy:
             q.excluded, q.reason = True, f"catch accuracy {q.catch_accuracy:.2f} < {min_catch_accuracy:.2f}"
     kept = [q.annotator for q in quality if not q.excluded]
@@ -208,16 +230,29 @@ def export(study_dir: PathLike, out: PathLike, min_catch_accuracy: Optional[floa
         rows.append(row)
     atomic_write_text(out, _csv(["id", *SLOTS, *answer_cols, "kind", *extra], rows))
     return ExportReport(
-        study=str(study.root), output=str(out), columns=columns, triplets=len(study.triplets), exported=len(rows),
-        answers=sum(len(v) for v in kept_given.values()), d1=d1, d2=d2,
-        alpha=krippendorff_alpha(kept_given, real), alpha_all=krippendorff_alpha(real_given, real),
-        pairwise_agreement=pairwise_agreement(kept_given, real), min_catch_accuracy=min_catch_accuracy,
-        signature=study.signature, annotators=quality)
+        study=str(study.root),
+        output=str(out),
+        columns=columns,
+        triplets=len(study.triplets),
+        exported=len(rows),
+        answers=sum(len(v) for v in kept_given.values()),
+        d1=d1,
+        d2=d2,
+        alpha=krippendorff_alpha(kept_given, real),
+        alpha_all=krippendorff_alpha(real_given, real),
+        pairwise_agreement=pairwise_agreement(kept_given, real),
+        min_catch_accuracy=min_catch_accuracy,
+        signature=study.signature,
+        annotators=quality,
+    )
 
 
 def write_report(report: ExportReport, paths: Sequence[PathLike]) -> None:
     """Write ``report`` to each path: ``.json`` as JSON, anything else as markdown."""
     for path in paths:
-        text = (json.dumps(report.to_dict(), indent=2) + "\n" if str(path).lower().endswith(".json")
-                else report.to_markdown())
+        text = (
+            json.dumps(report.to_dict(), indent=2) + "\n"
+            if str(path).lower().endswith(".json")
+            else report.to_markdown()
+        )
         atomic_write_text(path, text)

@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Optional, Union
 
 from ..signature import Signature
 from .display import face_crops
 from .study import Study, load_study, write_study
-from .triplets import (catch_trials, collect_images, design_triplets, load_groups, random_triplets,
-                       uncertain_triplets, warn_failures)
+from .triplets import (
+    catch_trials,
+    collect_images,
+    design_triplets,
+    load_groups,
+    random_triplets,
+    uncertain_triplets,
+    warn_failures,
+)
 
 __all__ = ["make_study", "MODES", "DISPLAYS"]
 
@@ -20,7 +28,7 @@ DISPLAYS = ("crops", "photos")
 PathLike = Union[str, "os.PathLike[str]"]
 
 
-def _crops(images: Sequence[Path], display: str, progress: bool) -> Tuple[Optional[Dict[Path, bytes]], Dict[Path, str]]:
+def _crops(images: Sequence[Path], display: str, progress: bool) -> tuple[Optional[dict[Path, bytes]], dict[Path, str]]:
     if display != "crops":
         return None, {}
     crops, failures = face_crops(images, progress=progress)
@@ -28,9 +36,20 @@ def _crops(images: Sequence[Path], display: str, progress: bool) -> Tuple[Option
     return crops, failures
 
 
-def make_study(out: PathLike, faces: Sequence[PathLike] = (), mode: str = "random", n: Optional[int] = None,
-               groups: Optional[PathLike] = None, catch: float = 0.1, seed: int = 0, model: Any = None,
-               display: str = "crops", batch_size: int = 32, progress: bool = True, device: Any = "auto") -> Study:
+def make_study(
+    out: PathLike,
+    faces: Sequence[PathLike] = (),
+    mode: str = "random",
+    n: Optional[int] = None,
+    groups: Optional[PathLike] = None,
+    catch: float = 0.1,
+    seed: int = 0,
+    model: Any = None,
+    display: str = "crops",
+    batch_size: int = 32,
+    progress: bool = True,
+    device: Any = "auto",
+) -> Study:
     """Make the questions of an annotation study and write them to the folder ``out``.
 
     Args:
@@ -65,8 +84,9 @@ def make_study(out: PathLike, faces: Sequence[PathLike] = (), mode: str = "rando
             raise ValueError("design mode needs --groups: a folder of group subfolders or a CSV group,image[,source]")
         found, roots = load_groups(groups)
         crops, failures = _crops(sorted({img for members in found.values() for img, _ in members}), display, progress)
-        items = design_triplets({g: [m for m in members if m[0] not in failures] for g, members in found.items()},
-                                n, seed)
+        items = design_triplets(
+            {g: [m for m in members if m[0] not in failures] for g, members in found.items()}, n, seed
+        )
     else:
         if groups is not None:
             raise ValueError(f"--groups goes with --mode design, not --mode {mode}")
@@ -80,8 +100,9 @@ def make_study(out: PathLike, faces: Sequence[PathLike] = (), mode: str = "rando
         if mode == "random":
             items = random_triplets(images, n, seed)
         else:
-            items, signature, failures = uncertain_triplets(images, n, model, seed, batch_size=batch_size,
-                                                            progress=progress, device=device)
+            items, signature, failures = uncertain_triplets(
+                images, n, model, seed, batch_size=batch_size, progress=progress, device=device
+            )
             warn_failures(failures)
             model_name = Signature.parse(signature).model
     n_catch = math.ceil(catch * len(items)) if catch > 0 else 0

@@ -29,9 +29,10 @@ import os
 import secrets
 import socket
 import sys
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Union
 
 from ..imageio import IMAGE_SUFFIXES
 from .assign import Assigner
@@ -47,7 +48,7 @@ MAX_MS = 24 * 3600 * 1000
 _STATIC = {"annotate.js": "text/javascript; charset=utf-8", "annotate.css": "text/css; charset=utf-8"}
 _HEADERS = {
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
-                               "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+    "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
     "X-Frame-Options": "DENY",
@@ -56,7 +57,7 @@ _ANSWER_KEYS = {"annotator", "item", "answer", "ms"}
 
 
 def _extra_missing() -> ImportError:
-    return ImportError("perface annotate serve needs the web server packages: pip install \"perface[annotate]\"")
+    return ImportError('perface annotate serve needs the web server packages: pip install "perface[annotate]"')
 
 
 def is_loopback(host: str) -> bool:
@@ -78,7 +79,7 @@ def check_images(study: Study) -> None:
     """Raise ``ValueError`` naming the images of ``study`` that are missing, not images, or
     outside its declared folders (``study.json`` ``roots``), so that serving never fails midway."""
     roots = [Path(os.path.realpath(r)) for r in study.roots]
-    bad: List[str] = []
+    bad: list[str] = []
     for item in study.items.values():
         for slot in SLOTS:
             path = study.shown(item, slot)
@@ -88,8 +89,11 @@ def check_images(study: Study) -> None:
                 bad.append(f"{path} (outside the declared folders {', '.join(map(str, roots))})")
     if bad:
         unique = sorted(set(bad))
-        raise ValueError(f"{study.root}: {len(unique)} image(s) cannot be served: {'; '.join(unique[:5])}"
-                         + (" ..." if len(unique) > 5 else "") + "; restore the files, or make a new study")
+        raise ValueError(
+            f"{study.root}: {len(unique)} image(s) cannot be served: {'; '.join(unique[:5])}"
+            + (" ..." if len(unique) > 5 else "")
+            + "; restore the files, or make a new study"
+        )
 
 
 def _error(status: int, message: str):
@@ -98,8 +102,13 @@ def _error(status: int, message: str):
     return JSONResponse({"error": message}, status_code=status)
 
 
-def create_app(study: Study, store: AnswerStore, token: Optional[str] = None, answers_per_triplet: int = 0,
-               allowed_hosts: Optional[Sequence[str]] = None):
+def create_app(
+    study: Study,
+    store: AnswerStore,
+    token: Optional[str] = None,
+    answers_per_triplet: int = 0,
+    allowed_hosts: Optional[Sequence[str]] = None,
+):
     """The Starlette app serving ``study`` and writing answers to ``store``.
 
     ``token``: when set, every request must carry it. ``allowed_hosts``: accepted ``Host``
@@ -123,23 +132,26 @@ def create_app(study: Study, store: AnswerStore, token: Optional[str] = None, an
     page = (static / "index.html").read_bytes()
     assets = {name: ((static / name).read_bytes(), kind) for name, kind in _STATIC.items()}
 
-    def question(annotator: str) -> Dict[str, Any]:
+    def question(annotator: str) -> dict[str, Any]:
         item, progress = assigner.next(annotator)
-        reply: Dict[str, Any] = {"done": item is None, "progress": progress.to_dict()}
+        reply: dict[str, Any] = {"done": item is None, "progress": progress.to_dict()}
         if item is not None:
             reply["item"] = assigner.token(item.id)
         return reply
 
     async def index(request: Request) -> Response:
         if token is not None and "token" in request.query_params:  # valid (checked below): keep it in a cookie
-            response = RedirectResponse("/" + (f"?annotator={request.query_params['annotator']}"
-                                               if "annotator" in request.query_params else ""), status_code=303)
+            response = RedirectResponse(
+                "/"
+                + (f"?annotator={request.query_params['annotator']}" if "annotator" in request.query_params else ""),
+                status_code=303,
+            )
             response.set_cookie(COOKIE, token, httponly=True, samesite="lax", secure=request.url.scheme == "https")
             return response
         return Response(page, media_type="text/html; charset=utf-8", headers={"Cache-Control": "no-store"})
 
     async def asset(request: Request) -> Response:
-        body, kind = assets[request.path_params["name"]] if request.path_params["name"] in assets else (None, None)
+        body, kind = assets.get(request.path_params["name"], (None, None))
         if body is None:
             return _error(404, "no such file")
         return Response(body, media_type=kind)
@@ -179,7 +191,7 @@ def create_app(study: Study, store: AnswerStore, token: Optional[str] = None, an
         except ValueError as exc:
             return _error(400, str(exc))
         if data.get("answer") not in ("a", "b"):
-            return _error(400, f"answer must be \"a\" or \"b\", got {json.dumps(data.get('answer'))}")
+            return _error(400, f'answer must be "a" or "b", got {json.dumps(data.get("answer"))}')
         ms = data.get("ms")
         if ms is not None and (isinstance(ms, bool) or not isinstance(ms, int) or not 0 <= ms <= MAX_MS):
             return _error(400, f"ms must be a whole number of milliseconds from 0 to {MAX_MS}, or null")
@@ -211,14 +223,19 @@ def create_app(study: Study, store: AnswerStore, token: Optional[str] = None, an
 
     def guard(app: Callable) -> Callable:
         """ASGI middleware: token check (when set) and the security headers on every response."""
+
         async def wrapped(scope, receive, send):
             if scope["type"] != "http":
                 return await app(scope, receive, send)
             if token is not None and not _has_token(scope, token):
-                response = _error(401, "access token missing or wrong: open the address printed by "
-                                       "'perface annotate serve' (it ends in ?token=...)")
+                response = _error(
+                    401,
+                    "access token missing or wrong: open the address printed by "
+                    "'perface annotate serve' (it ends in ?token=...)",
+                )
                 return await response(scope, receive, _with_headers(send))
             return await app(scope, receive, _with_headers(send))
+
         return wrapped
 
     routes = [
@@ -239,13 +256,16 @@ def _with_headers(send: Callable) -> Callable:
         if message["type"] == "http.response.start":
             headers = list(message.get("headers", []))
             names = {k.lower() for k, _ in headers}
-            headers += [(k.lower().encode(), v.encode()) for k, v in _HEADERS.items() if k.lower().encode() not in names]
+            headers += [
+                (k.lower().encode(), v.encode()) for k, v in _HEADERS.items() if k.lower().encode() not in names
+            ]
             message = {**message, "headers": headers}
         await send(message)
+
     return sending
 
 
-def _has_token(scope: Dict[str, Any], token: str) -> bool:
+def _has_token(scope: dict[str, Any], token: str) -> bool:
     from starlette.requests import Request
 
     request = Request(scope)
@@ -267,8 +287,10 @@ def access_token(host: str, allow_remote: bool = False, token: Optional[str] = N
     if is_loopback(host):
         return token
     if not allow_remote:
-        raise ValueError(f"--host {host} would let other machines reach the annotation page; add --allow-remote "
-                         "to mean it (an access token is then required), or keep the default 127.0.0.1")
+        raise ValueError(
+            f"--host {host} would let other machines reach the annotation page; add --allow-remote "
+            "to mean it (an access token is then required), or keep the default 127.0.0.1"
+        )
     return token or secrets.token_urlsafe(24)
 
 
@@ -282,15 +304,24 @@ def _bind(host: str, port: int) -> socket.socket:
         sock.bind((host.strip("[]"), port))
     except OSError as exc:
         sock.close()
-        raise OSError(exc.errno, f"cannot listen on {host}:{port} ({exc.strerror}); choose another --port "
-                                 "or stop the program using it") from None
+        raise OSError(
+            exc.errno,
+            f"cannot listen on {host}:{port} ({exc.strerror}); choose another --port or stop the program using it",
+        ) from None
     sock.listen(128)  # connections wait in the backlog until uvicorn accepts them
     return sock
 
 
-def serve(study_dir: Union[str, Path], host: str = "127.0.0.1", port: int = 8765, token: Optional[str] = None,
-          allow_remote: bool = False, answers_per_triplet: int = 0, quiet: bool = False,
-          stream=None) -> int:
+def serve(
+    study_dir: Union[str, Path],
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    token: Optional[str] = None,
+    allow_remote: bool = False,
+    answers_per_triplet: int = 0,
+    quiet: bool = False,
+    stream=None,
+) -> int:
     """Serve the annotation page of the study in ``study_dir`` until interrupted (Ctrl-C).
 
     ``host``: where to listen; anything but a loopback address needs ``allow_remote=True``, and
@@ -318,8 +349,9 @@ def serve(study_dir: Union[str, Path], host: str = "127.0.0.1", port: int = 8765
     try:
         lock.acquire()
     except Timeout:
-        raise ValueError(f"{study.root}: another 'perface annotate serve' is serving this study; stop it first, "
-                         "or open its address") from None
+        raise ValueError(
+            f"{study.root}: another 'perface annotate serve' is serving this study; stop it first, or open its address"
+        ) from None
     try:
         with AnswerStore(study.root / STORE_FILE, study.sha256) as store:
             allowed = ["127.0.0.1", "localhost", "::1", "[::1]"] if loopback else None
@@ -327,14 +359,19 @@ def serve(study_dir: Union[str, Path], host: str = "127.0.0.1", port: int = 8765
             sock = _bind(host, port)
             shown = host if ":" not in host else f"[{host.strip('[]')}]"
             address = f"http://{shown}:{sock.getsockname()[1]}/" + (f"?token={token}" if token else "")
-            print(f"serving {len(study.triplets)} triplets + {len(study.catch)} catch trials of {study.root}", file=stream)
+            print(
+                f"serving {len(study.triplets)} triplets + {len(study.catch)} catch trials of {study.root}", file=stream
+            )
             print(f"open {address}", file=stream)
             if not quiet:
-                print("each annotator types an id (a pseudonym); answers are saved as they are given; "
-                      "Ctrl-C stops", file=stream)
+                print(
+                    "each annotator types an id (a pseudonym); answers are saved as they are given; Ctrl-C stops",
+                    file=stream,
+                )
             stream.flush()
-            config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
-                                    timeout_graceful_shutdown=5)
+            config = uvicorn.Config(
+                app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=5
+            )
             uvicorn.Server(config).run(sockets=[sock])
             return len(store.answers())
     finally:

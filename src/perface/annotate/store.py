@@ -19,10 +19,11 @@ import re
 import secrets
 import sqlite3
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Union
+from typing import Optional, Union
 
 from ..errors import PerFaceError
 
@@ -66,8 +67,10 @@ def check_annotator(annotator: object) -> str:
     letter or digit (a pseudonym such as ``rater07``; no names or e-mail addresses). Raises
     ``ValueError`` otherwise."""
     if not isinstance(annotator, str) or not _ANNOTATOR.fullmatch(annotator):
-        raise ValueError(f"annotator id {annotator!r} is not valid: use 1-32 letters, digits, '_' or '-' "
-                         "(a pseudonym such as rater07, not a name or e-mail address)")
+        raise ValueError(
+            f"annotator id {annotator!r} is not valid: use 1-32 letters, digits, '_' or '-' "
+            "(a pseudonym such as rater07, not a name or e-mail address)"
+        )
     return annotator
 
 
@@ -96,8 +99,10 @@ class AnswerStore:
             raise
         if stored != study:
             self._db.close()
-            raise ValueError(f"{self.path} holds answers to other questions (study sha256 {stored[:12]}, "
-                             f"this study {study[:12]}); keep each study's answers in its own folder")
+            raise ValueError(
+                f"{self.path} holds answers to other questions (study sha256 {stored[:12]}, "
+                f"this study {study[:12]}); keep each study's answers in its own folder"
+            )
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -130,28 +135,32 @@ class AnswerStore:
         with self._lock, self._transaction():
             cur = self._db.execute(
                 "INSERT INTO answers (annotator, item, answer, ms, at) VALUES (?, ?, ?, ?, ?) "
-                "ON CONFLICT (annotator, item) DO NOTHING", (annotator, item, answer, ms, at))
+                "ON CONFLICT (annotator, item) DO NOTHING",
+                (annotator, item, answer, ms, at),
+            )
             if cur.rowcount == 1:
                 return True
-            stored = self._db.execute("SELECT answer FROM answers WHERE annotator = ? AND item = ?",
-                                      (annotator, item)).fetchone()[0]
+            stored = self._db.execute(
+                "SELECT answer FROM answers WHERE annotator = ? AND item = ?", (annotator, item)
+            ).fetchone()[0]
         if stored != answer:
-            raise AnswerConflict(f"annotator {annotator} already answered {stored!r} for this item; "
-                                 "an answer cannot be changed")
+            raise AnswerConflict(
+                f"annotator {annotator} already answered {stored!r} for this item; an answer cannot be changed"
+            )
         return False
 
-    def answered(self, annotator: str) -> Dict[str, str]:
+    def answered(self, annotator: str) -> dict[str, str]:
         """``{item: answer}`` of one annotator."""
         with self._lock:
             rows = self._db.execute("SELECT item, answer FROM answers WHERE annotator = ?", (annotator,)).fetchall()
         return dict(rows)
 
-    def counts(self) -> Dict[str, int]:
+    def counts(self) -> dict[str, int]:
         """``{item: number of answers}`` over all annotators."""
         with self._lock:
             return dict(self._db.execute("SELECT item, COUNT(*) FROM answers GROUP BY item").fetchall())
 
-    def answers(self) -> List[Answer]:
+    def answers(self) -> list[Answer]:
         """Every answer, in order of arrival."""
         with self._lock:
             rows = self._db.execute("SELECT seq, annotator, item, answer, ms, at FROM answers ORDER BY seq").fetchall()
@@ -161,7 +170,7 @@ class AnswerStore:
         with self._lock:
             self._db.close()
 
-    def __enter__(self) -> "AnswerStore":
+    def __enter__(self) -> AnswerStore:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -22,10 +22,11 @@ import hashlib
 import io
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Optional, Union
 
 from .._io import atomic_dir
 from .._version import __version__
@@ -58,7 +59,7 @@ class Item:
     b: Path
     kind: str
     expected: Optional[str] = None
-    extra: Dict[str, str] = field(default_factory=dict)
+    extra: dict[str, str] = field(default_factory=dict)
 
     @property
     def is_catch(self) -> bool:
@@ -76,12 +77,12 @@ class Study:
     """A study folder read back: its triplets, catch trials and manifest (``study.json``)."""
 
     root: Path
-    triplets: Tuple[Item, ...]
-    catch: Tuple[Item, ...]
-    manifest: Dict
+    triplets: tuple[Item, ...]
+    catch: tuple[Item, ...]
+    manifest: dict
 
     @property
-    def roots(self) -> List[Path]:
+    def roots(self) -> list[Path]:
         """The declared image folders (absolute): only images under them are served."""
         return [(self.root / r).resolve() for r in self.manifest["roots"]]
 
@@ -107,7 +108,7 @@ class Study:
         return hashlib.sha256(f"{digests['triplets']}|{digests['catch']}".encode()).hexdigest()
 
     @property
-    def items(self) -> Dict[str, Item]:
+    def items(self) -> dict[str, Item]:
         """Every question by id, triplets and catch trials."""
         return {item.id: item for item in self.triplets + self.catch}
 
@@ -128,7 +129,7 @@ def _abs(base: Path, path: str) -> Path:
     return Path(os.path.normpath(base / path))
 
 
-def _csv_text(header: Sequence[str], rows: Sequence[Dict[str, str]]) -> str:
+def _csv_text(header: Sequence[str], rows: Sequence[dict[str, str]]) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(header), lineterminator="\n", extrasaction="raise")
     writer.writeheader()
@@ -136,19 +137,37 @@ def _csv_text(header: Sequence[str], rows: Sequence[Dict[str, str]]) -> str:
     return buf.getvalue()
 
 
-def _triplet_rows(items: Sequence[Item], root: Path) -> Tuple[List[str], List[Dict[str, str]]]:
-    extra_cols: List[str] = []
+def _triplet_rows(items: Sequence[Item], root: Path) -> tuple[list[str], list[dict[str, str]]]:
+    extra_cols: list[str] = []
     for item in items:
         extra_cols += [k for k in item.extra if k not in extra_cols]
     header = ["id", "reference", "a", "b", "answer", "kind"] + extra_cols
-    rows = [{"id": t.id, "reference": portable_path(t.reference, root), "a": portable_path(t.a, root), "b": portable_path(t.b, root),
-             "answer": "", "kind": t.kind, **{k: t.extra.get(k, "") for k in extra_cols}} for t in items]
+    rows = [
+        {
+            "id": t.id,
+            "reference": portable_path(t.reference, root),
+            "a": portable_path(t.a, root),
+            "b": portable_path(t.b, root),
+            "answer": "",
+            "kind": t.kind,
+            **{k: t.extra.get(k, "") for k in extra_cols},
+        }
+        for t in items
+    ]
     return header, rows
 
 
-def write_study(out: PathLike, triplets: Sequence[Item], catch: Sequence[Item], roots: Sequence[PathLike],
-                mode: str, seed: int, model: Optional[str] = None, signature: Optional[str] = None,
-                crops: Optional[Dict[Path, bytes]] = None) -> Path:
+def write_study(
+    out: PathLike,
+    triplets: Sequence[Item],
+    catch: Sequence[Item],
+    roots: Sequence[PathLike],
+    mode: str,
+    seed: int,
+    model: Optional[str] = None,
+    signature: Optional[str] = None,
+    crops: Optional[dict[Path, bytes]] = None,
+) -> Path:
     """Write a study folder ``out`` (created; built aside and moved into place when complete).
 
     ``crops``: PNG bytes of the face crop to show for each image (:func:`.display.face_crops`);
@@ -159,25 +178,46 @@ def write_study(out: PathLike, triplets: Sequence[Item], catch: Sequence[Item], 
     """
     out = Path(out)
     if (out / STUDY_FILE).exists() or (out / "answers.sqlite").exists():
-        raise FileExistsError(f"{out} already holds an annotation study (its answers belong to its triplets); "
-                              "choose a new --out folder")
+        raise FileExistsError(
+            f"{out} already holds an annotation study (its answers belong to its triplets); choose a new --out folder"
+        )
     root = out.resolve()
     header, rows = _triplet_rows(triplets, root)
     triplets_text = _csv_text(header, rows)
-    catch_text = _csv_text(["id", "reference", "a", "b", "expected"],
-                           [{"id": c.id, "reference": portable_path(c.reference, root), "a": portable_path(c.a, root),
-                             "b": portable_path(c.b, root), "expected": c.expected or ""} for c in catch])
+    catch_text = _csv_text(
+        ["id", "reference", "a", "b", "expected"],
+        [
+            {
+                "id": c.id,
+                "reference": portable_path(c.reference, root),
+                "a": portable_path(c.a, root),
+                "b": portable_path(c.b, root),
+                "expected": c.expected or "",
+            }
+            for c in catch
+        ],
+    )
     manifest = {
-        "format": FORMAT, "version": 1, "perface": __version__,
+        "format": FORMAT,
+        "version": 1,
+        "perface": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "mode": mode, "seed": seed, "model": model, "signature": signature,
-        "n_triplets": len(triplets), "n_catch": len(catch),
+        "mode": mode,
+        "seed": seed,
+        "model": model,
+        "signature": signature,
+        "n_triplets": len(triplets),
+        "n_catch": len(catch),
         "display": "crops" if crops is not None else "photos",
-        "roots": sorted({portable_path(Path(r).resolve(), root) for r in roots}
-                        | ({CROPS_DIR} if crops is not None else set())),
-        "triplets": TRIPLETS_FILE, "catch": CATCH_FILE,
-        "sha256": {"triplets": hashlib.sha256(triplets_text.encode()).hexdigest(),
-                   "catch": hashlib.sha256(catch_text.encode()).hexdigest()},
+        "roots": sorted(
+            {portable_path(Path(r).resolve(), root) for r in roots} | ({CROPS_DIR} if crops is not None else set())
+        ),
+        "triplets": TRIPLETS_FILE,
+        "catch": CATCH_FILE,
+        "sha256": {
+            "triplets": hashlib.sha256(triplets_text.encode()).hexdigest(),
+            "catch": hashlib.sha256(catch_text.encode()).hexdigest(),
+        },
     }
     with atomic_dir(out) as tmp:
         (tmp / TRIPLETS_FILE).write_text(triplets_text, encoding="utf-8", newline="")
@@ -189,13 +229,14 @@ def write_study(out: PathLike, triplets: Sequence[Item], catch: Sequence[Item], 
     return out
 
 
-def _read_csv(path: Path, required: Sequence[str]) -> List[Dict[str, str]]:
+def _read_csv(path: Path, required: Sequence[str]) -> list[dict[str, str]]:
     with open(path, newline="", encoding="utf-8-sig") as fh:
         reader = csv.DictReader(fh)
         missing = [c for c in required if c not in (reader.fieldnames or [])]
         if missing:
-            raise ValueError(f"{path}: missing column(s) {', '.join(missing)}; it was not written by "
-                             "'perface annotate make'")
+            raise ValueError(
+                f"{path}: missing column(s) {', '.join(missing)}; it was not written by 'perface annotate make'"
+            )
         return list(reader)
 
 
@@ -208,23 +249,29 @@ def load_study(folder: PathLike) -> Study:
     root = Path(folder)
     manifest_path = root / STUDY_FILE
     if not manifest_path.is_file():
-        raise FileNotFoundError(f"{manifest_path} not found: {root} is not an annotation study; "
-                                "make one with 'perface annotate make FACES --out STUDY'")
+        raise FileNotFoundError(
+            f"{manifest_path} not found: {root} is not an annotation study; "
+            "make one with 'perface annotate make FACES --out STUDY'"
+        )
     manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     if manifest.get("format") != FORMAT:
         raise ValueError(f"{manifest_path}: not a perface annotation study (format {manifest.get('format')!r})")
     for key in ("triplets", "catch"):
         digest = hashlib.sha256((root / manifest[key]).read_bytes()).hexdigest()
         if digest != manifest["sha256"][key]:
-            raise ValueError(f"{root / manifest[key]} was changed after the study was made (sha256 differs); "
-                             "answers belong to the questions they were given for: restore it or make a new study")
+            raise ValueError(
+                f"{root / manifest[key]} was changed after the study was made (sha256 differs); "
+                "answers belong to the questions they were given for: restore it or make a new study"
+            )
     base = root.resolve()
     triplets = []
     for row in _read_csv(root / manifest["triplets"], ("id", "reference", "a", "b", "kind")):
         extra = {k: v for k, v in row.items() if k not in ("id", "reference", "a", "b", "answer", "kind")}
         triplets.append(Item(row["id"], *(_abs(base, row[s]) for s in SLOTS), row["kind"], extra=extra))
-    catch = [Item(row["id"], *(_abs(base, row[s]) for s in SLOTS), "catch", expected=row["expected"])
-             for row in _read_csv(root / manifest["catch"], ("id", "reference", "a", "b", "expected"))]
+    catch = [
+        Item(row["id"], *(_abs(base, row[s]) for s in SLOTS), "catch", expected=row["expected"])
+        for row in _read_csv(root / manifest["catch"], ("id", "reference", "a", "b", "expected"))
+    ]
     ids = [i.id for i in triplets + catch]
     if len(set(ids)) != len(ids):
         raise ValueError(f"{root}: question ids are not unique")

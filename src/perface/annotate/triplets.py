@@ -23,14 +23,23 @@ import math
 import os
 import random
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Optional, Union
 
 from ..imageio import IMAGE_SUFFIXES
 from .study import Item
 
-__all__ = ["collect_images", "load_groups", "random_triplets", "uncertain_triplets", "design_triplets",
-           "catch_trials", "n_possible", "warn_failures"]
+__all__ = [
+    "collect_images",
+    "load_groups",
+    "random_triplets",
+    "uncertain_triplets",
+    "design_triplets",
+    "catch_trials",
+    "n_possible",
+    "warn_failures",
+]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -39,13 +48,13 @@ def _norm(path: PathLike) -> Path:
     return Path(os.path.normpath(os.path.abspath(path)))
 
 
-def _scan(folder: Path) -> List[Path]:
+def _scan(folder: Path) -> list[Path]:
     from ..ranking.scan import scan_pool
 
     return [_norm(folder / rel) for rel in scan_pool(folder)[0]]
 
 
-def collect_images(inputs: Sequence[PathLike]) -> Tuple[List[Path], List[Path]]:
+def collect_images(inputs: Sequence[PathLike]) -> tuple[list[Path], list[Path]]:
     """The face images named by ``inputs`` and the folders they were declared in.
 
     Each input is a folder (searched recursively; hidden files skipped), an image file, or a
@@ -55,8 +64,8 @@ def collect_images(inputs: Sequence[PathLike]) -> Tuple[List[Path], List[Path]]:
     each file given or listed). Raises ``FileNotFoundError`` for a missing input and
     ``ValueError`` when an input names no image.
     """
-    images: List[Path] = []
-    roots: List[Path] = []
+    images: list[Path] = []
+    roots: list[Path] = []
     for spec in inputs:
         path = _norm(spec)
         if path.is_dir():
@@ -67,25 +76,31 @@ def collect_images(inputs: Sequence[PathLike]) -> Tuple[List[Path], List[Path]]:
             found = [_norm(path.parent / ln) for ln in lines if ln and not ln.startswith("#")]
             missing = [str(p) for p in found if not p.is_file()]
             if missing:
-                raise FileNotFoundError(f"{path}: listed image(s) not found: {', '.join(missing[:5])}"
-                                        + (" ..." if len(missing) > 5 else "") + "; fix the list")
+                raise FileNotFoundError(
+                    f"{path}: listed image(s) not found: {', '.join(missing[:5])}"
+                    + (" ..." if len(missing) > 5 else "")
+                    + "; fix the list"
+                )
             roots += [p.parent for p in found]
         elif path.is_file():
             if path.suffix.lower() not in IMAGE_SUFFIXES:
-                raise ValueError(f"{spec}: not an image ({path.suffix or 'no suffix'}); pass image files, folders "
-                                 "or a .txt list of images")
+                raise ValueError(
+                    f"{spec}: not an image ({path.suffix or 'no suffix'}); pass image files, folders "
+                    "or a .txt list of images"
+                )
             found = [path]
             roots.append(path.parent)
         else:
-            raise FileNotFoundError(f"{spec}: no such file or folder; pass folders of face images, image files "
-                                    "or a .txt list of images")
+            raise FileNotFoundError(
+                f"{spec}: no such file or folder; pass folders of face images, image files or a .txt list of images"
+            )
         if not found:
             raise ValueError(f"{spec}: no images found ({', '.join(sorted(IMAGE_SUFFIXES))})")
         images += [p for p in found if p not in images]
     return images, sorted(set(roots))
 
 
-def load_groups(spec: PathLike) -> Tuple[Dict[str, List[Tuple[Path, str]]], List[Path]]:
+def load_groups(spec: PathLike) -> tuple[dict[str, list[tuple[Path, str]]], list[Path]]:
     """Groups of face swaps for :func:`design_triplets`, and the folders they live in.
 
     ``spec``: a folder whose subfolders are the groups (one per target; each image its own
@@ -94,7 +109,7 @@ def load_groups(spec: PathLike) -> Tuple[Dict[str, List[Tuple[Path, str]]], List
     in one triplet). Returns ``({group: [(image, source), ...]}, roots)``.
     """
     path = _norm(spec)
-    groups: Dict[str, List[Tuple[Path, str]]] = {}
+    groups: dict[str, list[tuple[Path, str]]] = {}
     if path.is_dir():
         for sub in sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")):
             groups[sub.name] = [(img, img.name) for img in _scan(sub)]
@@ -103,8 +118,10 @@ def load_groups(spec: PathLike) -> Tuple[Dict[str, List[Tuple[Path, str]]], List
         with open(path, newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
             if not {"group", "image"} <= set(reader.fieldnames or []):
-                raise ValueError(f"{spec}: a groups CSV needs columns 'group' and 'image' (optional 'source'); "
-                                 f"got {reader.fieldnames}")
+                raise ValueError(
+                    f"{spec}: a groups CSV needs columns 'group' and 'image' (optional 'source'); "
+                    f"got {reader.fieldnames}"
+                )
             for line, row in enumerate(reader, start=2):
                 img = _norm(path.parent / row["image"].strip())
                 if not img.is_file():
@@ -112,8 +129,10 @@ def load_groups(spec: PathLike) -> Tuple[Dict[str, List[Tuple[Path, str]]], List
                 groups.setdefault(row["group"].strip(), []).append((img, (row.get("source") or "").strip() or img.name))
         roots = sorted({img.parent for members in groups.values() for img, _ in members})
     else:
-        raise FileNotFoundError(f"--groups {spec}: no such file or folder; pass a folder of group subfolders "
-                                "or a CSV with columns group,image[,source]")
+        raise FileNotFoundError(
+            f"--groups {spec}: no such file or folder; pass a folder of group subfolders "
+            "or a CSV with columns group,image[,source]"
+        )
     groups = {g: m for g, m in groups.items() if m}
     if not groups:
         raise ValueError(f"--groups {spec}: no groups with images found")
@@ -129,25 +148,34 @@ def _check_count(n: int, n_images: int, what: str) -> None:
     if n_images < 3:
         raise ValueError(f"{what}: a triplet needs 3 different images, got {n_images}; add more faces")
     if n > n_possible(n_images):
-        raise ValueError(f"{what}: {n_images} images give only {n_possible(n_images)} distinct triplets, "
-                         f"{n} asked; ask for fewer (--n) or add faces")
+        raise ValueError(
+            f"{what}: {n_images} images give only {n_possible(n_images)} distinct triplets, "
+            f"{n} asked; ask for fewer (--n) or add faces"
+        )
 
 
-def _item(index: int, ref: Path, first: Path, second: Path, kind: str, rng: random.Random,
-          extra: Optional[Dict[str, str]] = None) -> Item:
+def _item(
+    index: int,
+    ref: Path,
+    first: Path,
+    second: Path,
+    kind: str,
+    rng: random.Random,
+    extra: Optional[dict[str, str]] = None,
+) -> Item:
     """A triplet with the two candidates in random order (so neither side is favoured)."""
     a, b = (first, second) if rng.random() < 0.5 else (second, first)
     return Item(f"q{index:05d}", ref, a, b, kind, extra=dict(extra or {}))
 
 
-def random_triplets(images: Sequence[Path], n: int, seed: int = 0) -> List[Item]:
+def random_triplets(images: Sequence[Path], n: int, seed: int = 0) -> list[Item]:
     """``n`` triplets of three distinct images drawn uniformly, none repeated (a reference with
     the same two candidates in either order counts as the same triplet). Deterministic for a
     ``seed``. Raises ``ValueError`` when fewer than ``n`` distinct triplets exist."""
     _check_count(n, len(images), "random triplets")
     rng = random.Random(seed)
     seen = set()
-    items: List[Item] = []
+    items: list[Item] = []
     while len(items) < n:
         r, i, j = rng.sample(range(len(images)), 3)
         key = (r, min(i, j), max(i, j))
@@ -158,9 +186,16 @@ def random_triplets(images: Sequence[Path], n: int, seed: int = 0) -> List[Item]
     return items
 
 
-def uncertain_triplets(images: Sequence[Path], n: int, model: Any = None, seed: int = 0, window: int = 4,
-                       batch_size: int = 32, progress: bool = True,
-                       device: Any = "auto") -> Tuple[List[Item], str, Dict[Path, str]]:
+def uncertain_triplets(
+    images: Sequence[Path],
+    n: int,
+    model: Any = None,
+    seed: int = 0,
+    window: int = 4,
+    batch_size: int = 32,
+    progress: bool = True,
+    device: Any = "auto",
+) -> tuple[list[Item], str, dict[Path, str]]:
     """The ``n`` triplets where ``model`` is least sure: smallest ``|sim(ref, a) - sim(ref, b)|``.
 
     Every image is embedded once (:func:`perface.embed_images`; images without a usable face
@@ -200,8 +235,10 @@ def uncertain_triplets(images: Sequence[Path], n: int, model: Any = None, seed: 
                 i, j = order[p], order[q]
                 candidates.append((abs(sims[r, i] - sims[r, j]), r, min(i, j), max(i, j)))
     if len(candidates) < n:
-        raise ValueError(f"uncertain triplets: only {len(candidates)} candidates from {len(faces)} faces, {n} asked; "
-                         "ask for fewer (--n), raise the window or add faces")
+        raise ValueError(
+            f"uncertain triplets: only {len(candidates)} candidates from {len(faces)} faces, {n} asked; "
+            "ask for fewer (--n), raise the window or add faces"
+        )
     candidates.sort()
     cap = math.ceil(n / len(faces)) + 1
     chosen, rest, uses = [], [], [0] * len(faces)
@@ -213,7 +250,7 @@ def uncertain_triplets(images: Sequence[Path], n: int, model: Any = None, seed: 
             uses[cand[1]] += 1
         else:
             rest.append(cand)
-    chosen += rest[:n - len(chosen)]
+    chosen += rest[: n - len(chosen)]
     chosen.sort()
     rng = random.Random(seed)
     signature = str(signature_of(metric, "detect"))
@@ -221,12 +258,20 @@ def uncertain_triplets(images: Sequence[Path], n: int, model: Any = None, seed: 
     for index, (_, r, i, j) in enumerate(chosen, start=1):
         item = _item(index, faces[r], faces[i], faces[j], "uncertain", rng)
         sim = {faces[i]: sims[r, i], faces[j]: sims[r, j]}
-        items.append(Item(item.id, item.reference, item.a, item.b, item.kind,
-                          extra={"sim_a": f"{sim[item.a]:.6f}", "sim_b": f"{sim[item.b]:.6f}", "signature": signature}))
+        items.append(
+            Item(
+                item.id,
+                item.reference,
+                item.a,
+                item.b,
+                item.kind,
+                extra={"sim_a": f"{sim[item.a]:.6f}", "sim_b": f"{sim[item.b]:.6f}", "signature": signature},
+            )
+        )
     return items, signature, failures
 
 
-def design_triplets(groups: Dict[str, List[Tuple[Path, str]]], n: Optional[int] = None, seed: int = 0) -> List[Item]:
+def design_triplets(groups: dict[str, list[tuple[Path, str]]], n: Optional[int] = None, seed: int = 0) -> list[Item]:
     """Triplets in the SimCelebA design: three images of one group (one target swapped with
     three different sources), one of them the reference.
 
@@ -237,13 +282,13 @@ def design_triplets(groups: Dict[str, List[Tuple[Path, str]]], n: Optional[int] 
     ``n`` triples exist.
     """
     rng = random.Random(seed)
-    per_group: List[List[Tuple[str, Tuple[Path, Path, Path]]]] = []
+    per_group: list[list[tuple[str, tuple[Path, Path, Path]]]] = []
     for name in sorted(groups):
         members = list(groups[name])
         rng.shuffle(members)
         triples = []
         while True:
-            picked: List[Tuple[Path, str]] = []
+            picked: list[tuple[Path, str]] = []
             for member in members:
                 if member[1] not in {m[1] for m in picked}:
                     picked.append(member)
@@ -257,20 +302,25 @@ def design_triplets(groups: Dict[str, List[Tuple[Path, str]]], n: Optional[int] 
         per_group.append(triples)
     total = sum(len(t) for t in per_group)
     if total == 0:
-        raise ValueError("design triplets: no group has three images of different sources; each group needs "
-                         "face swaps of one target with at least three sources")
+        raise ValueError(
+            "design triplets: no group has three images of different sources; each group needs "
+            "face swaps of one target with at least three sources"
+        )
     if n is not None and n > total:
-        raise ValueError(f"design triplets: the groups give {total} disjoint triplets, {n} asked; ask for fewer "
-                         "(--n) or add swaps")
+        raise ValueError(
+            f"design triplets: the groups give {total} disjoint triplets, {n} asked; ask for fewer (--n) or add swaps"
+        )
     ordered = []
     for rank in range(max(len(t) for t in per_group)):  # round robin over groups
         ordered += [t[rank] for t in per_group if rank < len(t)]
     ordered = ordered[: n if n is not None else total]
-    return [_item(index, ref, first, second, "design", rng, {"group": group})
-            for index, (group, (ref, first, second)) in enumerate(ordered, start=1)]
+    return [
+        _item(index, ref, first, second, "design", rng, {"group": group})
+        for index, (group, (ref, first, second)) in enumerate(ordered, start=1)
+    ]
 
 
-def catch_trials(images: Sequence[Path], n: int, seed: int = 0) -> List[Item]:
+def catch_trials(images: Sequence[Path], n: int, seed: int = 0) -> list[Item]:
     """``n`` catch trials: a reference, itself as one candidate and another image as the other,
     the side chosen at random (``expected`` names it). References cycle through ``images`` in a
     random order. Raises ``ValueError`` when fewer than two images are given and ``n > 0``."""
@@ -291,8 +341,11 @@ def catch_trials(images: Sequence[Path], n: int, seed: int = 0) -> List[Item]:
     return items
 
 
-def warn_failures(failures: Dict[Path, str]) -> None:
+def warn_failures(failures: dict[Path, str]) -> None:
     """One warning listing the images left out because no usable face was found."""
     if failures:
-        warnings.warn(f"left out {len(failures)} image(s) without a usable face: "
-                      + "; ".join(failures[p] for p in sorted(failures)), stacklevel=2)
+        warnings.warn(
+            f"left out {len(failures)} image(s) without a usable face: "
+            + "; ".join(failures[p] for p in sorted(failures)),
+            stacklevel=2,
+        )

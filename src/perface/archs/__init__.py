@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict
+from typing import Any, Callable
 
 from torch import nn
 
 from .iresnet import iresnet18, iresnet34, iresnet50, iresnet100
 from .sface import SFace
 
-ARCHITECTURES: Dict[str, Callable[..., nn.Module]] = {
+ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "sface": SFace,
     "iresnet18": iresnet18,
     "iresnet34": iresnet34,

@@ -8,7 +8,7 @@ not L2-normalized.
 
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import Optional
 
 import torch
 from torch import nn
@@ -44,7 +44,7 @@ class IResNet(nn.Module):
 
     input_size = 112
 
-    def __init__(self, layers: List[int], num_features: int = 512, dropout: float = 0.0) -> None:
+    def __init__(self, layers: list[int], num_features: int = 512, dropout: float = 0.0) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(64, eps=1e-5)
@@ -52,9 +52,7 @@ class IResNet(nn.Module):
         cin = 64
         stages = []
         for width, depth in zip((64, 128, 256, 512), layers):
-            downsample = nn.Sequential(
-                nn.Conv2d(cin, width, 1, 2, bias=False), nn.BatchNorm2d(width, eps=1e-5)
-            )
+            downsample = nn.Sequential(nn.Conv2d(cin, width, 1, 2, bias=False), nn.BatchNorm2d(width, eps=1e-5))
             blocks = [IBasicBlock(cin, width, 2, downsample)]
             blocks += [IBasicBlock(width, width) for _ in range(depth - 1)]
             stages.append(nn.Sequential(*blocks))

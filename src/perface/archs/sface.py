@@ -7,15 +7,24 @@ blocks, a linear 7x7x1024 -> 128 embedding and a final BatchNorm. Input: normali
 
 from __future__ import annotations
 
-from typing import List, Tuple
-
 import torch
 from torch import nn
 
 # (out_channels, depthwise stride) of the thirteen depthwise-separable blocks after the stem.
-_BLOCKS: List[Tuple[int, int]] = [
-    (64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2),
-    (512, 1), (512, 1), (512, 1), (512, 1), (512, 1), (1024, 2), (1024, 1),
+_BLOCKS: list[tuple[int, int]] = [
+    (64, 1),
+    (128, 2),
+    (128, 1),
+    (256, 2),
+    (256, 1),
+    (512, 2),
+    (512, 1),
+    (512, 1),
+    (512, 1),
+    (512, 1),
+    (512, 1),
+    (1024, 2),
+    (1024, 1),
 ]
 
 
@@ -43,7 +52,7 @@ class SFace(nn.Module):
 
     def __init__(self, embedding_size: int = 128, dropout: float = 0.0) -> None:
         super().__init__()
-        layers: List[nn.Module] = [ConvBNPReLU(3, 32, 3)]
+        layers: list[nn.Module] = [ConvBNPReLU(3, 32, 3)]
         cin = 32
         for cout, stride in _BLOCKS:
             layers.append(ConvBNPReLU(cin, cin, 3, stride, groups=cin))  # depthwise

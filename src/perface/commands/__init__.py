@@ -27,16 +27,24 @@ import re
 import sys
 import traceback
 import warnings
-from typing import Callable, Dict, List, Optional, TextIO, Tuple
+from typing import Callable, Optional, TextIO
 
 __all__ = [
-    "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_INTERRUPTED", "UsageError", "HelpFormatter",
-    "add_quiet", "make_parser", "dispatch", "run_command",
+    "EXIT_OK",
+    "EXIT_FAILED",
+    "EXIT_USAGE",
+    "EXIT_INTERRUPTED",
+    "UsageError",
+    "HelpFormatter",
+    "add_quiet",
+    "make_parser",
+    "dispatch",
+    "run_command",
 ]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
-Table = Dict[str, Tuple[str, str]]
+Table = dict[str, tuple[str, str]]
 
 
 class UsageError(ValueError):
@@ -67,8 +75,9 @@ def _plain(text: str) -> str:
 def make_parser(prog: str, description: str) -> argparse.ArgumentParser:
     """An ``ArgumentParser`` with perface's help style and the ``--debug`` flag."""
     parser = argparse.ArgumentParser(prog=prog, description=description, formatter_class=HelpFormatter)
-    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error "
-                        "(or set PERFACE_DEBUG=1)")
+    parser.add_argument(
+        "--debug", action="store_true", help="show the full traceback of an error (or set PERFACE_DEBUG=1)"
+    )
     return parser
 
 
@@ -80,7 +89,7 @@ def add_quiet(parser: argparse.ArgumentParser) -> None:
 def _warning_printer(prog: str, stream: TextIO) -> Callable[..., None]:
     seen = set()
 
-    def show(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ARG001
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
         text = " ".join(str(message).split())
         if text not in seen:
             seen.add(text)
@@ -93,9 +102,9 @@ def _describe_error(exc: BaseException) -> str:
     """One line for an exception: perface's own messages already name input, cause and fix."""
     from ..errors import PerFaceError
 
-    if isinstance(exc, PerFaceError) or isinstance(exc, UsageError):
+    if isinstance(exc, (PerFaceError, UsageError)):
         return " ".join(str(exc).split())
-    if isinstance(exc, ModuleNotFoundError) or isinstance(exc, ImportError):
+    if isinstance(exc, (ModuleNotFoundError, ImportError)):
         return " ".join(str(exc).split())
     if isinstance(exc, PermissionError):
         where = exc.filename or "a file"
@@ -115,8 +124,13 @@ def _is_usage(exc: BaseException) -> bool:
     return isinstance(exc, (UsageError, UnknownModelError))
 
 
-def run_command(prog: str, parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace], Optional[int]],
-                argv: List[str], stream: Optional[TextIO] = None) -> int:
+def run_command(
+    prog: str,
+    parser: argparse.ArgumentParser,
+    run: Callable[[argparse.Namespace], Optional[int]],
+    argv: list[str],
+    stream: Optional[TextIO] = None,
+) -> int:
     """Parse ``argv`` with ``parser`` and call ``run``; map the outcome to perface's exit codes.
 
     Known failures (perface's errors, ``OSError``, ``ValueError``, missing optional extras) print
@@ -126,8 +140,9 @@ def run_command(prog: str, parser: argparse.ArgumentParser, run: Callable[[argpa
     """
     stream = sys.stderr if stream is None else stream
     if not any(a.dest == "debug" for a in parser._actions):
-        parser.add_argument("--debug", action="store_true", help="show the full traceback of an error "
-                            "(or set PERFACE_DEBUG=1)")
+        parser.add_argument(
+            "--debug", action="store_true", help="show the full traceback of an error (or set PERFACE_DEBUG=1)"
+        )
     args = parser.parse_args(argv)  # argparse prints usage and exits 2 on bad options
     debug = bool(getattr(args, "debug", False)) or os.environ.get("PERFACE_DEBUG", "") not in ("", "0")
     with warnings.catch_warnings():
@@ -140,7 +155,7 @@ def run_command(prog: str, parser: argparse.ArgumentParser, run: Callable[[argpa
                 traceback.print_exc(file=stream)
             print(f"{prog}: interrupted", file=stream, flush=True)
             return EXIT_INTERRUPTED
-        except (Exception) as exc:  # noqa: BLE001 - every error ends as one line (traceback with --debug)
+        except Exception as exc:
             from ..errors import PerFaceError
 
             if debug:
@@ -149,12 +164,16 @@ def run_command(prog: str, parser: argparse.ArgumentParser, run: Callable[[argpa
             if known:
                 print(f"{prog}: error: {_describe_error(exc)}", file=stream, flush=True)
             else:
-                print(f"{prog}: internal error: {type(exc).__name__}: {_describe_error(exc)}; rerun with --debug "
-                      "and report the traceback", file=stream, flush=True)
+                print(
+                    f"{prog}: internal error: {type(exc).__name__}: {_describe_error(exc)}; rerun with --debug "
+                    "and report the traceback",
+                    file=stream,
+                    flush=True,
+                )
             return EXIT_USAGE if _is_usage(exc) else EXIT_FAILED
 
 
-def dispatch(prog: str, description: str, table: Table, argv: List[str], version: Optional[str] = None) -> int:
+def dispatch(prog: str, description: str, table: Table, argv: list[str], version: Optional[str] = None) -> int:
     """Run the subcommand named by ``argv[0]`` (a key of ``table``: name -> (module, one-line
     help)) with the rest of ``argv``; returns the exit status."""
     if not argv or argv[0] not in table:

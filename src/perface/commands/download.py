@@ -14,10 +14,19 @@ from ..registry import MODELS, get_spec
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", help="registered model name (see `perface models`) or Hub repo id org/repo[@revision]")
     parser.add_argument("--force", action="store_true", help="download again even if cached (after a checksum error)")
-    parser.add_argument("--from-file", type=Path, metavar="PATH",
-                        help="import a local copy of the model's weights file instead of downloading (checked against the pinned sha256)")
-    parser.add_argument("--timeout", type=float, default=None,
-                        help="registered models: seconds to wait for the Hub to answer (default HF_HUB_ETAG_TIMEOUT, 10)")
+    parser.add_argument(
+        "--from-file",
+        type=Path,
+        metavar="PATH",
+        help="import a local copy of the model's weights file instead of downloading "
+        "(checked against the pinned sha256)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help="registered models: seconds to wait for the Hub to answer (default HF_HUB_ETAG_TIMEOUT, 10)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

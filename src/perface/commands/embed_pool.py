@@ -17,13 +17,19 @@ from .rank import add_cache_arguments, cache_options
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("pool", help="folder of photos (searched recursively)")
     what = parser.add_mutually_exclusive_group()
-    what.add_argument("--shard", metavar="I/N", help="embed only files[I::N] (0-based) into shard I's file; "
-                      "'auto' reads RANK/WORLD_SIZE set by torchrun")
+    what.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="embed only files[I::N] (0-based) into shard I's file; 'auto' reads RANK/WORLD_SIZE set by torchrun",
+    )
     what.add_argument("--merge", action="store_true", help="fold all shard files into the pool cache")
     parser.add_argument("--keep-shards", action="store_true", help="with --merge: keep the shard files")
     add_cache_arguments(parser)
-    parser.add_argument("--report", metavar="CSV",
-                        help="write the failure report (file, reason) of every file without an embedding here")
+    parser.add_argument(
+        "--report",
+        metavar="CSV",
+        help="write the failure report (file, reason) of every file without an embedding here",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -36,17 +42,27 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     options = cache_options(args)
-    embedder = PhotoEmbedder(args.model, batch_size=args.batch_size, num_workers=args.workers, progress=False,
-                             device=args.device)
+    embedder = PhotoEmbedder(
+        args.model, batch_size=args.batch_size, num_workers=args.workers, progress=False, device=args.device
+    )
     if args.merge:
         pool = merge_shards(args.pool, embedder, cache_dir=args.cache, keep_shards=args.keep_shards, **options)
     else:
         pool = update_pool(args.pool, embedder, cache_dir=args.cache, shard=shard, **options)
     failures = pool.failures
     part = f" (shard {shard[0]}/{shard[1]})" if shard else ""
-    print(pool_line({"pool": f"{pool.root}{part}", "files": len(pool) + len(pool.skipped),
-                     "faces": len(pool) - len(pool.errors), "failed": len(failures),
-                     "embedded_now": pool.embedded, "from_cache": len(pool) - pool.embedded}))
+    print(
+        pool_line(
+            {
+                "pool": f"{pool.root}{part}",
+                "files": len(pool) + len(pool.skipped),
+                "faces": len(pool) - len(pool.errors),
+                "failed": len(failures),
+                "embedded_now": pool.embedded,
+                "from_cache": len(pool) - pool.embedded,
+            }
+        )
+    )
     print(f"signature: {pool.model.get('signature', '')}")
     if args.report:
         write_failures(args.report, failures)

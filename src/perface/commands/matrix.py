@@ -49,6 +49,8 @@ def run(args: argparse.Namespace) -> int:
             writer.writerow(["file", *args.images])
             for name, row in zip(args.images, matrix.tolist()):
                 writer.writerow([name, *("" if v != v else f"{v:.6f}" for v in row)])
-    print(f"{args.out}: {len(args.images)} x {len(args.images)} similarities, {len(batch.errors)} image(s) "
-          f"without a usable face; model={batch.model}; signature={batch.signature}")
+    print(
+        f"{args.out}: {len(args.images)} x {len(args.images)} similarities, {len(batch.errors)} image(s) "
+        f"without a usable face; model={batch.model}; signature={batch.signature}"
+    )
     return 0

@@ -23,21 +23,28 @@ def run(args: argparse.Namespace) -> int:
         spec = MODELS[name]
         src = spec.weights
         assert src is not None
-        rows.append({
-            "name": name, "default": name == DEFAULT_MODEL, "status": weights_status(src),
-            "size": src.size, "license": spec.license, "measures": spec.measures,
-            "arch": spec.arch, "embedding_size": spec.embedding_size, "trained_on": spec.trained_on,
-            "sha256": src.sha256,
-            "source": src.filename if src.kind == "embedded" else f"{src.repo_id}/{src.filename}@{src.revision}",
-        })
+        rows.append(
+            {
+                "name": name,
+                "default": name == DEFAULT_MODEL,
+                "status": weights_status(src),
+                "size": src.size,
+                "license": spec.license,
+                "measures": spec.measures,
+                "arch": spec.arch,
+                "embedding_size": spec.embedding_size,
+                "trained_on": spec.trained_on,
+                "sha256": src.sha256,
+                "source": src.filename if src.kind == "embedded" else f"{src.repo_id}/{src.filename}@{src.revision}",
+            }
+        )
     if args.json:
         for row in rows:
             print(json.dumps(row))
         return 0
     for row in rows:
         flag = " (default)" if row["default"] else ""
-        print(f"{row['name']}{flag}: {row['status']}, {_size(row['size'])}, {row['arch']} "
-              f"{row['embedding_size']}-d")
+        print(f"{row['name']}{flag}: {row['status']}, {_size(row['size'])}, {row['arch']} {row['embedding_size']}-d")
         print(f"    measures: {row['measures']}")
         print(f"    license:  {row['license']}")
         print(f"    trained:  {row['trained_on']}")

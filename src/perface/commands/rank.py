@@ -9,7 +9,7 @@ progress is saved as it goes, so an interrupted run resumes where it stopped.
 from __future__ import annotations
 
 import argparse
-from typing import Any, Dict
+from typing import Any
 
 from ..registry import DEFAULT_MODEL
 from . import UsageError, add_quiet
@@ -19,19 +19,32 @@ def add_cache_arguments(parser: argparse.ArgumentParser) -> None:
     """Where the pool's embeddings are kept and how they are made, shared by ``perface rank``
     and ``perface embed-pool``."""
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"checkpoint name or path (default {DEFAULT_MODEL})")
-    parser.add_argument("--cache", metavar="DIR",
-                        help="pool cache folder (default: $PERFACE_CACHE/pools/<pool>-<hash>, PERFACE_CACHE defaulting "
-                             "to $HF_HOME/perface; see docs/ranking.md)")
+    parser.add_argument(
+        "--cache",
+        metavar="DIR",
+        help="pool cache folder (default: $PERFACE_CACHE/pools/<pool>-<hash>, PERFACE_CACHE defaulting "
+        "to $HF_HOME/perface; see docs/ranking.md)",
+    )
     parser.add_argument("--rebuild", action="store_true", help="re-embed every photo, ignoring the cache")
-    parser.add_argument("--dtype", choices=("float32", "float16"),
-                        help="stored embedding type of a new cache: float16 halves disk and memory (default float32)")
+    parser.add_argument(
+        "--dtype",
+        choices=("float32", "float16"),
+        help="stored embedding type of a new cache: float16 halves disk and memory (default float32)",
+    )
     parser.add_argument("--batch-size", type=int, default=32, help="faces per forward pass (default 32)")
-    parser.add_argument("--device", default="auto",
-                        help="where the backbone runs: cpu, cuda, cuda:1, or auto (cuda:$LOCAL_RANK if CUDA is "
-                             "available)")
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="where the backbone runs: cpu, cuda, cuda:1, or auto (cuda:$LOCAL_RANK if CUDA is available)",
+    )
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers for detection/alignment (default 0)")
-    parser.add_argument("--save-every", type=int, default=500, metavar="N",
-                        help="save embedding progress every N files at most (and every 30 s) (default 500)")
+    parser.add_argument(
+        "--save-every",
+        type=int,
+        default=500,
+        metavar="N",
+        help="save embedding progress every N files at most (and every 30 s) (default 500)",
+    )
     add_quiet(parser)
 
 
@@ -40,40 +53,66 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("pool", help="folder of photos to choose from (searched recursively)")
     parser.add_argument("--out", required=True, help="output folder for the CSVs, PNGs and summary")
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--band", nargs=2, type=float, metavar=("LO", "HI"),
-                      help="keep faces with LO <= similarity <= HI (most similar first)")
+    mode.add_argument(
+        "--band",
+        nargs=2,
+        type=float,
+        metavar=("LO", "HI"),
+        help="keep faces with LO <= similarity <= HI (most similar first)",
+    )
     mode.add_argument("--top", type=int, metavar="K", help="the K most similar faces (default 20)")
     mode.add_argument("--bottom", type=int, metavar="K", help="the K least similar faces")
-    parser.add_argument("--limit", type=int, metavar="K",
-                        help="with --band: keep only the K most similar faces inside the band")
-    parser.add_argument("--exclude-identity", type=float, metavar="THR",
-                        help="drop faces more similar than THR as the target's own identity")
-    parser.add_argument("--keep-copies", action="store_true",
-                        help="keep byte-identical copies of the target file (and links to it) among the candidates")
+    parser.add_argument(
+        "--limit", type=int, metavar="K", help="with --band: keep only the K most similar faces inside the band"
+    )
+    parser.add_argument(
+        "--exclude-identity",
+        type=float,
+        metavar="THR",
+        help="drop faces more similar than THR as the target's own identity",
+    )
+    parser.add_argument(
+        "--keep-copies",
+        action="store_true",
+        help="keep byte-identical copies of the target file (and links to it) among the candidates",
+    )
     parser.add_argument("--labels", help="CSV with a 'file' column and attribute columns (e.g. gender, age)")
-    parser.add_argument("--group", action="append", metavar="G",
-                        help="only faces in group G: COLUMN (same value as the target) or COLUMN=VALUE; repeatable")
+    parser.add_argument(
+        "--group",
+        action="append",
+        metavar="G",
+        help="only faces in group G: COLUMN (same value as the target) or COLUMN=VALUE; repeatable",
+    )
     add_cache_arguments(parser)
     parser.add_argument("--no-cache", action="store_true", help="embed the pool without reading or writing a cache")
-    parser.add_argument("--no-update", action="store_true",
-                        help="rank what the cache holds (main cache or shard caches) without scanning the folder")
+    parser.add_argument(
+        "--no-update",
+        action="store_true",
+        help="rank what the cache holds (main cache or shard caches) without scanning the folder",
+    )
     parser.add_argument("--sheet-max", type=int, default=24, help="faces shown on the contact sheet (default 24)")
 
 
-def cache_options(args: argparse.Namespace) -> Dict[str, Any]:
+def cache_options(args: argparse.Namespace) -> dict[str, Any]:
     """Keyword arguments of the pool functions from the options of :func:`add_cache_arguments`."""
     import torch
 
     if args.save_every < 1 or args.batch_size < 1:
         raise UsageError("--save-every and --batch-size must be at least 1")
-    return {"rebuild": args.rebuild, "dtype": getattr(torch, args.dtype) if args.dtype else None,
-            "progress": not args.quiet, "save_every": args.save_every}
+    return {
+        "rebuild": args.rebuild,
+        "dtype": getattr(torch, args.dtype) if args.dtype else None,
+        "progress": not args.quiet,
+        "save_every": args.save_every,
+    }
 
 
-def pool_line(summary: Dict[str, Any]) -> str:
+def pool_line(summary: dict[str, Any]) -> str:
     """The one summary line of a pool: files, faces, failures, embedded now and from the cache."""
-    return (f"pool {summary['pool']}: {summary['files']} files, {summary['faces']} faces, {summary['failed']} "
-            f"without an embedding; {summary['embedded_now']} embedded now, {summary['from_cache']} from the cache")
+    return (
+        f"pool {summary['pool']}: {summary['files']} files, {summary['faces']} faces, {summary['failed']} "
+        f"without an embedding; {summary['embedded_now']} embedded now, {summary['from_cache']} from the cache"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -88,18 +127,33 @@ def run(args: argparse.Namespace) -> int:
     top = args.top if args.top is not None else (args.limit if args.band else None)
     if args.band is None and args.bottom is None and top is None:
         top = 20
-    result = rank(args.target, args.pool, band=tuple(args.band) if args.band else None, top=top,
-                  bottom=args.bottom, exclude_identity=args.exclude_identity, keep_copies=args.keep_copies,
-                  labels=args.labels, group=args.group, model=args.model,
-                  cache=False if args.no_cache else args.cache, update=not args.no_update,
-                  batch_size=args.batch_size, num_workers=args.workers, device=args.device, **cache_options(args))
+    result = rank(
+        args.target,
+        args.pool,
+        band=tuple(args.band) if args.band else None,
+        top=top,
+        bottom=args.bottom,
+        exclude_identity=args.exclude_identity,
+        keep_copies=args.keep_copies,
+        labels=args.labels,
+        group=args.group,
+        model=args.model,
+        cache=False if args.no_cache else args.cache,
+        update=not args.no_update,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        device=args.device,
+        **cache_options(args),
+    )
     paths = result.save(args.out, max_faces=args.sheet_max)
     summary = result.summary()
     print(pool_line(summary))
     if result.excluded:
         shown = ", ".join(result.excluded[:5]) + (" ..." if len(result.excluded) > 5 else "")
-        print(f"left out {len(result.excluded)} file(s) as the target or a copy of it: {shown}"
-              + ("" if args.keep_copies else " (--keep-copies keeps copies)"))
+        print(
+            f"left out {len(result.excluded)} file(s) as the target or a copy of it: {shown}"
+            + ("" if args.keep_copies else " (--keep-copies keeps copies)")
+        )
     print(f"selected {len(result)} ({result.describe_rule()})")
     for row in result.rows()[:10]:
         print(f"{row['rank']:>5}  {row['similarity']:.4f}  {row['file']}")

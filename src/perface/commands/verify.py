@@ -29,8 +29,13 @@ def run(args: argparse.Namespace) -> int:
                 print(f"{name}: UNPINNED  {c.what}: {c.path} sha256 {c.actual} (no pin or record to compare)")
             else:
                 bad += 1
-                fix = ("reinstall perface (pip install --force-reinstall perface)" if source.kind == "embedded"
-                       else f"delete that file and run `perface download {name} --force`")
-                print(f"{name}: MISMATCH  {c.what}: {c.path}\n    sha256 {c.actual}, expected {c.expected}\n"
-                      f"    fix: {fix}")
+                fix = (
+                    "reinstall perface (pip install --force-reinstall perface)"
+                    if source.kind == "embedded"
+                    else f"delete that file and run `perface download {name} --force`"
+                )
+                print(
+                    f"{name}: MISMATCH  {c.what}: {c.path}\n    sha256 {c.actual}, expected {c.expected}\n"
+                    f"    fix: {fix}"
+                )
     return 1 if bad else 0

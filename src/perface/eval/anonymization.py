@@ -16,9 +16,10 @@ import argparse
 import csv
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Optional
 
 import torch
 
@@ -26,17 +27,24 @@ from .._plotting import pyplot, save_figure
 from ..commands import add_quiet
 from ..imageio import IMAGE_SUFFIXES
 from ..registry import DEFAULT_MODEL
-from .report import (Notes, band, count_axis, headroom, reference_reading, threshold_lines, warnings_markdown,
-                     write_outputs)
+from .report import (
+    Notes,
+    band,
+    count_axis,
+    headroom,
+    reference_reading,
+    threshold_lines,
+    warnings_markdown,
+    write_outputs,
+)
 
-__all__ = ["list_images", "match_pairs", "reid_ranks", "evaluate", "write_report",
-           "add_arguments", "run"]
+__all__ = ["list_images", "match_pairs", "reid_ranks", "evaluate", "write_report", "add_arguments", "run"]
 
 DEFAULT_THRESHOLDS = (0.3, 0.4, 0.5)
 TOP_K = (1, 5)
 
 
-def list_images(folder: Path) -> Tuple[Dict[str, Path], List[Tuple[str, str]]]:
+def list_images(folder: Path) -> tuple[dict[str, Path], list[tuple[str, str]]]:
     """Image files under ``folder`` (recursive) keyed by relative path without extension.
 
     Returns ``(files, skipped)``: ``skipped`` lists ``(path, reason)`` for files whose key is
@@ -45,8 +53,8 @@ def list_images(folder: Path) -> Tuple[Dict[str, Path], List[Tuple[str, str]]]:
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: not a directory; pass a folder of face photos")
-    files: Dict[str, Path] = {}
-    skipped: List[Tuple[str, str]] = []
+    files: dict[str, Path] = {}
+    skipped: list[tuple[str, str]] = []
     for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES):
         key = path.relative_to(folder).with_suffix("").as_posix()
         if key in files:
@@ -56,14 +64,18 @@ def list_images(folder: Path) -> Tuple[Dict[str, Path], List[Tuple[str, str]]]:
     return files, skipped
 
 
-def match_pairs(original: Dict[str, Path], anonymized: Dict[str, Path]) -> Tuple[List[str], List[str], List[str]]:
+def match_pairs(original: dict[str, Path], anonymized: dict[str, Path]) -> tuple[list[str], list[str], list[str]]:
     """``(matched keys, keys only in original, keys only in anonymized)``, each sorted."""
-    return (sorted(original.keys() & anonymized.keys()), sorted(original.keys() - anonymized.keys()),
-            sorted(anonymized.keys() - original.keys()))
+    return (
+        sorted(original.keys() & anonymized.keys()),
+        sorted(original.keys() - anonymized.keys()),
+        sorted(anonymized.keys() - original.keys()),
+    )
 
 
-def reid_ranks(queries: torch.Tensor, query_ids: Sequence[str], gallery: torch.Tensor,
-               gallery_ids: Sequence[str]) -> List[Optional[int]]:
+def reid_ranks(
+    queries: torch.Tensor, query_ids: Sequence[str], gallery: torch.Tensor, gallery_ids: Sequence[str]
+) -> list[Optional[int]]:
     """Rank (0 = first) of each query's true identity among the gallery items.
 
     ``queries`` (Q, D) and ``gallery`` (M, D) are L2-normalized. The rank is the number of
@@ -72,7 +84,7 @@ def reid_ranks(queries: torch.Tensor, query_ids: Sequence[str], gallery: torch.T
     """
     sims = queries.double() @ gallery.double().T  # (Q, M)
     gids = list(gallery_ids)
-    ranks: List[Optional[int]] = []
+    ranks: list[Optional[int]] = []
     for q, qid in enumerate(query_ids):
         same = torch.tensor([g == qid for g in gids], dtype=torch.bool)
         if not bool(same.any()):
@@ -90,12 +102,12 @@ class ModelResult:
     name: str
     perceptual: bool
     signature: str  # perface.signature.signature_of(metric, "detect")
-    similarities: Dict[str, float]  # pair key -> cosine (successful pairs only)
-    failures: List[Dict[str, str]]  # {"file", "role", "reason"}
-    summary: Dict[str, object] = field(default_factory=dict)
+    similarities: dict[str, float]  # pair key -> cosine (successful pairs only)
+    failures: list[dict[str, str]]  # {"file", "role", "reason"}
+    summary: dict[str, object] = field(default_factory=dict)
 
 
-def _identity_map(path: Optional[Path]) -> Dict[str, str]:
+def _identity_map(path: Optional[Path]) -> dict[str, str]:
     if path is None:
         return {}
     with open(path, newline="", encoding="utf-8-sig") as f:
@@ -105,28 +117,31 @@ def _identity_map(path: Optional[Path]) -> Dict[str, str]:
     return {Path(r["file"]).with_suffix("").as_posix(): r["identity"] for r in rows}
 
 
-def _embed(paths: List[Path], model, batch_size: int, num_workers: int, progress: bool):
+def _embed(paths: list[Path], model, batch_size: int, num_workers: int, progress: bool):
     """Embeddings (N, D), ok mask and {index: reason} for photo files, through the photo pipeline."""
     import perface
 
     if not paths:
         return torch.empty(0, model.embedding_size), torch.zeros(0, dtype=torch.bool), {}
-    res = perface.embed_images([str(p) for p in paths], model=model, batch_size=batch_size,
-                               num_workers=num_workers, progress=progress)
+    res = perface.embed_images(
+        [str(p) for p in paths], model=model, batch_size=batch_size, num_workers=num_workers, progress=progress
+    )
     return res.embeddings, res.ok, dict(res.errors)
 
 
-def _summarize(values: List[float], thresholds: Sequence[float], ranks: List[Optional[int]],
-               n_gallery_ids: int, seed: int) -> Dict[str, object]:
+def _summarize(
+    values: list[float], thresholds: Sequence[float], ranks: list[Optional[int]], n_gallery_ids: int, seed: int
+) -> dict[str, object]:
     from ..stats import bootstrap_ci
 
-    out: Dict[str, object] = {"n_pairs": len(values)}
+    out: dict[str, object] = {"n_pairs": len(values)}
     if values:
         x = torch.tensor(values, dtype=torch.float64)
         out["similarity"] = bootstrap_ci(x.numpy(), seed=seed).to_dict()
         out["median"] = float(x.median())
         out["verification"] = {
-            f"{t:g}": bootstrap_ci((x >= t).double().numpy(), seed=seed).to_dict() for t in thresholds}
+            f"{t:g}": bootstrap_ci((x >= t).double().numpy(), seed=seed).to_dict() for t in thresholds
+        }
     known = [r for r in ranks if r is not None]
     out["reid_queries"] = len(known)
     out["reid_no_true_match"] = len(ranks) - len(known)
@@ -149,7 +164,7 @@ def evaluate(
     num_workers: int = 0,
     progress: bool = True,
     seed: int = 0,
-) -> Dict[str, object]:
+) -> dict[str, object]:
     """Evaluate an anonymizer's output; returns the JSON-ready report (see the module docstring).
 
     ``identities``: optional CSV ``file,identity`` naming who is in each file (files not listed
@@ -165,40 +180,52 @@ def evaluate(
     anon_files, skipped_a = list_images(anonymized)
     keys, only_orig, only_anon = match_pairs(orig_files, anon_files)
     if not keys:
-        raise ValueError(f"no file names in common between {original} and {anonymized}; pairs are "
-                         "matched by file name without extension (a.jpg <-> a.png)")
+        raise ValueError(
+            f"no file names in common between {original} and {anonymized}; pairs are "
+            "matched by file name without extension (a.jpg <-> a.png)"
+        )
     gal_files, skipped_g = (orig_files, []) if gallery is None else list_images(gallery)
     ids = _identity_map(identities)
-    ident = lambda key: ids.get(key, key)  # noqa: E731
+    ident = lambda key: ids.get(key, key)
     gal_keys = sorted(gal_files)
     notes = Notes()
 
-    results: List[ModelResult] = []
+    results: list[ModelResult] = []
     for name in models:
         model = PerFace(name)
-        roles: Dict[Path, List[str]] = {}
-        for role, paths in (("original", [orig_files[k] for k in keys]), ("anonymized", [anon_files[k] for k in keys]),
-                            ("gallery", [gal_files[k] for k in gal_keys])):
+        roles: dict[Path, list[str]] = {}
+        for role, paths in (
+            ("original", [orig_files[k] for k in keys]),
+            ("anonymized", [anon_files[k] for k in keys]),
+            ("gallery", [gal_files[k] for k in gal_keys]),
+        ):
             for p in paths:
                 roles.setdefault(p, []).append(role)
         unique = list(roles)  # each file embedded once, whatever roles it plays
         emb, ok, errors = _embed(unique, model, batch_size, num_workers, progress)
         row = {p: i for i, p in enumerate(unique)}
-        take = lambda paths: torch.tensor([row[p] for p in paths], dtype=torch.long)  # noqa: E731
-        o_idx, a_idx, g_idx = (take([orig_files[k] for k in keys]), take([anon_files[k] for k in keys]),
-                               take([gal_files[k] for k in gal_keys]))
+        take = lambda paths: torch.tensor([row[p] for p in paths], dtype=torch.long)  # noqa: B023 (used at once)
+        o_idx, a_idx, g_idx = (
+            take([orig_files[k] for k in keys]),
+            take([anon_files[k] for k in keys]),
+            take([gal_files[k] for k in gal_keys]),
+        )
         o_emb, o_ok, a_emb, a_ok = emb[o_idx], ok[o_idx], emb[a_idx], ok[a_idx]
         g_emb, g_ok = emb[g_idx], ok[g_idx]
-        failures = [{"file": str(unique[i]), "role": "/".join(dict.fromkeys(roles[unique[i]])), "reason": r}
-                    for i, r in sorted(errors.items())]
+        failures = [
+            {"file": str(unique[i]), "role": "/".join(dict.fromkeys(roles[unique[i]])), "reason": r}
+            for i, r in sorted(errors.items())
+        ]
         both = o_ok & a_ok
         sims = (o_emb[both].double() * a_emb[both].double()).sum(dim=1)
         similarities = {k: float(s) for k, s in zip([k for k, b in zip(keys, both) if b], sims)}
         g_keep = [k for k, good in zip(gal_keys, g_ok) if good]
-        ranks = reid_ranks(a_emb[a_ok], [ident(k) for k, good in zip(keys, a_ok) if good],
-                           g_emb[g_ok], [ident(k) for k in g_keep])
-        res = ModelResult(model.name, bool(model.spec.perceptual), str(signature_of(model, "detect")),
-                          similarities, failures)
+        ranks = reid_ranks(
+            a_emb[a_ok], [ident(k) for k, good in zip(keys, a_ok) if good], g_emb[g_ok], [ident(k) for k in g_keep]
+        )
+        res = ModelResult(
+            model.name, bool(model.spec.perceptual), str(signature_of(model, "detect")), similarities, failures
+        )
         n_ids = len({ident(k) for k in g_keep})
         res.summary = _summarize(list(similarities.values()), thresholds, ranks, n_ids, seed)
         res.summary["failed_pairs"] = len(keys) - int(both.sum())
@@ -206,27 +233,43 @@ def evaluate(
         res.summary["reference_reading"] = reference_reading(mean, model)
         notes.small_set(len(similarities), f"pairs scored by {model.name}")
         if n_ids < 2:
-            notes.warn(f"{model.name}: the gallery has {n_ids} identit{'y' if n_ids == 1 else 'ies'} with a usable "
-                       "face; re-identification needs at least 2 to mean anything (pass --gallery with more "
-                       "people, or --identities)")
+            notes.warn(
+                f"{model.name}: the gallery has {n_ids} identit{'y' if n_ids == 1 else 'ies'} with a usable "
+                "face; re-identification needs at least 2 to mean anything (pass --gallery with more "
+                "people, or --identities)"
+            )
         elif n_ids <= max(TOP_K):
-            notes.warn(f"{model.name}: the gallery has only {n_ids} identities, so top-{max(TOP_K)} "
-                       "re-identification is 1.0 by construction; compare top-1 with its chance level "
-                       f"{1 / n_ids:.3f}")
+            notes.warn(
+                f"{model.name}: the gallery has only {n_ids} identities, so top-{max(TOP_K)} "
+                "re-identification is 1.0 by construction; compare top-1 with its chance level "
+                f"{1 / n_ids:.3f}"
+            )
         results.append(res)
 
     return {
-        "original": str(original), "anonymized": str(anonymized),
+        "original": str(original),
+        "anonymized": str(anonymized),
         "gallery": str(gallery) if gallery is not None else f"{original} (originals)",
-        "matched_pairs": len(keys), "thresholds": list(thresholds),
-        "unmatched": {"original_only": [str(orig_files[k]) for k in only_orig],
-                      "anonymized_only": [str(anon_files[k]) for k in only_anon],
-                      "skipped_same_name": [{"file": f, "reason": r} for f, r in skipped_o + skipped_a + skipped_g]},
+        "matched_pairs": len(keys),
+        "thresholds": list(thresholds),
+        "unmatched": {
+            "original_only": [str(orig_files[k]) for k in only_orig],
+            "anonymized_only": [str(anon_files[k]) for k in only_anon],
+            "skipped_same_name": [{"file": f, "reason": r} for f, r in skipped_o + skipped_a + skipped_g],
+        },
         "keys": keys,
         "files": {k: [str(orig_files[k]), str(anon_files[k])] for k in keys},
-        "models": [{"model": r.name, "kind": "perceptual" if r.perceptual else "identity baseline",
-                    "signature": r.signature, **r.summary, "failures": r.failures,
-                    "similarities": r.similarities} for r in results],
+        "models": [
+            {
+                "model": r.name,
+                "kind": "perceptual" if r.perceptual else "identity baseline",
+                "signature": r.signature,
+                **r.summary,
+                "failures": r.failures,
+                "similarities": r.similarities,
+            }
+            for r in results
+        ],
         "warnings": notes.items,
     }
 
@@ -237,18 +280,24 @@ def _fmt(est: Optional[dict]) -> str:
     return f"{est['mean']:.3f} [{est['ci_low']:.3f}, {est['ci_high']:.3f}]"
 
 
-def _markdown(report: Dict[str, object]) -> str:
+def _markdown(report: dict[str, object]) -> str:
     models = report["models"]
     lines = [
-        "# Anonymization evaluation", "",
-        f"- original: `{report['original']}`", f"- anonymized: `{report['anonymized']}`",
-        f"- gallery: `{report['gallery']}`", f"- matched pairs: {report['matched_pairs']}", "",
+        "# Anonymization evaluation",
+        "",
+        f"- original: `{report['original']}`",
+        f"- anonymized: `{report['anonymized']}`",
+        f"- gallery: `{report['gallery']}`",
+        f"- matched pairs: {report['matched_pairs']}",
+        "",
         "Similarity is the cosine of the model's embeddings (1 = the same face); lower means the "
         "anonymized face looks less like the original. Means and rates with bootstrap 95% CI. "
         "Verification at t: share of pairs with similarity >= t (a verifier would link them). "
         "Re-identification: share of anonymized faces whose true identity ranks in the top k of "
-        "the gallery (lower is more anonymous).", "",
-        "Metric signatures (cite them with the numbers):", "",
+        "the gallery (lower is more anonymous).",
+        "",
+        "Metric signatures (cite them with the numbers):",
+        "",
     ]
     lines += [f"- `{m['model']}`: `{m['signature']}`" for m in models] + [""]
     lines += warnings_markdown(report.get("warnings") or [])
@@ -263,9 +312,11 @@ def _markdown(report: Dict[str, object]) -> str:
     for m in models:
         if "reid_chance" in m:
             chance = ", ".join(f"top-{k} {m['reid_chance'][f'top{k}']:.3f}" for k in TOP_K)
-            lines.append(f"\n`{m['model']}`: re-identification over {m['reid_queries']} anonymized faces "
-                         f"against {m['reid_gallery_identities']} gallery identities (chance: {chance}); "
-                         f"{m['reid_no_true_match']} without their identity in the gallery.")
+            lines.append(
+                f"\n`{m['model']}`: re-identification over {m['reid_queries']} anonymized faces "
+                f"against {m['reid_gallery_identities']} gallery identities (chance: {chance}); "
+                f"{m['reid_no_true_match']} without their identity in the gallery."
+            )
         if m.get("reference_reading"):
             lines.append(f"\n`{m['model']}`: mean similarity {m['reference_reading']['text']}")
     un = report["unmatched"]
@@ -279,7 +330,7 @@ def _markdown(report: Dict[str, object]) -> str:
     return "\n".join(lines)
 
 
-def _histogram(report: Dict[str, object], path: Path) -> None:
+def _histogram(report: dict[str, object], path: Path) -> None:
     """Per-model histograms of the pair similarities, the verification thresholds labelled with
     their values, and (for a model with a shipped reference set) the band its same-person pairs span."""
     plt = pyplot()
@@ -300,8 +351,12 @@ def _histogram(report: Dict[str, object], path: Path) -> None:
     ax.set_ylabel("pairs")
     models = ", ".join(f"{m['model']} ({m['kind']})" for m in report["models"])
     anonymized, original = Path(str(report["anonymized"])).name, Path(str(report["original"])).name
-    ax.set_title(f"Anonymized vs original: {report['matched_pairs']} matched pairs, model {models}\n"
-                 f"anonymized {anonymized}/ vs original {original}/", fontsize=9, pad=12)
+    ax.set_title(
+        f"Anonymized vs original: {report['matched_pairs']} matched pairs, model {models}\n"
+        f"anonymized {anonymized}/ vs original {original}/",
+        fontsize=9,
+        pad=12,
+    )
     ax.legend(fontsize=7, loc="upper left")
     try:
         save_figure(fig, path, dpi=120, footer=[m["signature"] for m in report["models"]])
@@ -309,20 +364,26 @@ def _histogram(report: Dict[str, object], path: Path) -> None:
         plt.close(fig)
 
 
-def _write_pairs_csv(report: Dict[str, object], path: Path) -> None:
+def _write_pairs_csv(report: dict[str, object], path: Path) -> None:
     """One row per matched pair: each model's similarity and the signature of the metric that made it."""
     models = report["models"]
     with open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
-        w.writerow(["name", "original", "anonymized"] + [f"similarity_{m['model']}" for m in models]
-                   + [f"signature_{m['model']}" for m in models])
+        w.writerow(
+            ["name", "original", "anonymized"]
+            + [f"similarity_{m['model']}" for m in models]
+            + [f"signature_{m['model']}" for m in models]
+        )
         for key in report["keys"]:
             sims = [m["similarities"].get(key, math.nan) for m in models]
-            w.writerow([key, *report["files"][key]] + ["" if math.isnan(s) else f"{s:.6f}" for s in sims]
-                       + [m["signature"] for m in models])
+            w.writerow(
+                [key, *report["files"][key]]
+                + ["" if math.isnan(s) else f"{s:.6f}" for s in sims]
+                + [m["signature"] for m in models]
+            )
 
 
-def write_report(report: Dict[str, object], out: Path, plot: bool = True) -> Dict[str, Path]:
+def write_report(report: dict[str, object], out: Path, plot: bool = True) -> dict[str, Path]:
     """Write ``report.md``, ``pairs.csv``, ``summary.json`` (and the histogram) into ``out``.
 
     The files are written to a temporary folder and moved into ``out`` when all are complete.
@@ -339,28 +400,52 @@ def write_report(report: Dict[str, object], out: Path, plot: bool = True) -> Dic
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--original", required=True, type=Path, help="folder of original photos")
-    parser.add_argument("--anonymized", required=True, type=Path,
-                        help="folder of anonymized photos, same file names (any extension)")
-    parser.add_argument("--gallery", type=Path,
-                        help="re-identification gallery folder (default: the originals)")
-    parser.add_argument("--model", action="append", dest="models", metavar="NAME",
-                        help=f"checkpoint name or path; repeat for several (default: {DEFAULT_MODEL})")
-    parser.add_argument("--thresholds", type=float, nargs="+", default=list(DEFAULT_THRESHOLDS), metavar="T",
-                        help="similarity thresholds for the verification rate")
-    parser.add_argument("--identities", type=Path, metavar="CSV",
-                        help="CSV file,identity: who is in each original/gallery file (default: one identity "
-                        "per file)")
+    parser.add_argument(
+        "--anonymized", required=True, type=Path, help="folder of anonymized photos, same file names (any extension)"
+    )
+    parser.add_argument("--gallery", type=Path, help="re-identification gallery folder (default: the originals)")
+    parser.add_argument(
+        "--model",
+        action="append",
+        dest="models",
+        metavar="NAME",
+        help=f"checkpoint name or path; repeat for several (default: {DEFAULT_MODEL})",
+    )
+    parser.add_argument(
+        "--thresholds",
+        type=float,
+        nargs="+",
+        default=list(DEFAULT_THRESHOLDS),
+        metavar="T",
+        help="similarity thresholds for the verification rate",
+    )
+    parser.add_argument(
+        "--identities",
+        type=Path,
+        metavar="CSV",
+        help="CSV file,identity: who is in each original/gallery file (default: one identity per file)",
+    )
     parser.add_argument("--out", type=Path, default=Path("anonymization_eval"), help="output folder")
     parser.add_argument("--batch-size", type=int, default=32, help="images embedded per batch")
-    parser.add_argument("--workers", type=int, default=0,
-                        help="DataLoader worker processes for photo loading (0: in the main process)")
+    parser.add_argument(
+        "--workers", type=int, default=0, help="DataLoader worker processes for photo loading (0: in the main process)"
+    )
     parser.add_argument("--no-plot", action="store_true", help="skip the histogram PNG")
     add_quiet(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    report = evaluate(args.original, args.anonymized, args.gallery, args.models or [DEFAULT_MODEL],
-                      args.thresholds, args.identities, args.batch_size, args.workers, not args.quiet)
+    report = evaluate(
+        args.original,
+        args.anonymized,
+        args.gallery,
+        args.models or [DEFAULT_MODEL],
+        args.thresholds,
+        args.identities,
+        args.batch_size,
+        args.workers,
+        not args.quiet,
+    )
     paths = write_report(report, args.out, plot=not args.no_plot)
     print(_markdown(report))
     print("written: " + ", ".join(str(p) for p in paths.values()))

@@ -18,9 +18,10 @@ import argparse
 import csv
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Optional
 
 import torch
 
@@ -31,11 +32,12 @@ from .report import Notes, warnings_markdown, write_outputs
 
 __all__ = ["read_labels", "evaluate", "write_report", "add_arguments", "run"]
 
-Tasks = Dict[str, List[Optional[str]]]
+Tasks = dict[str, list[Optional[str]]]
 
 
-def read_labels(path: Path, attributes: Optional[Sequence[str]] = None,
-                combine: Sequence[Sequence[str]] = ()) -> Tuple[List[str], Tasks]:
+def read_labels(
+    path: Path, attributes: Optional[Sequence[str]] = None, combine: Sequence[Sequence[str]] = ()
+) -> tuple[list[str], Tasks]:
     """``(files, tasks)`` from a labels CSV: ``tasks[name][i]`` is file i's group or None.
 
     ``attributes``: the columns to use (default every column but ``file``); ``combine``: lists
@@ -58,22 +60,31 @@ def read_labels(path: Path, attributes: Optional[Sequence[str]] = None,
     return files, tasks
 
 
-def _task_result(emb: torch.Tensor, values: List[Optional[str]], confidence: float, seed: int,
-                 notes: Notes, where: str) -> Dict[str, object]:
+def _task_result(
+    emb: torch.Tensor, values: list[Optional[str]], confidence: float, seed: int, notes: Notes, where: str
+) -> dict[str, object]:
     from ..stats import bootstrap_ci
 
     names = sorted({v for v in values if v is not None})
     if len(names) < 2:
         notes.warn(f"{where}: skipped, it needs at least 2 groups with a usable face, found {names}")
-        return {"skipped": f"needs at least 2 groups, found {names}", "groups": [], "accuracy": None,
-                "n": 0, "predictions": [], "small_groups": []}
+        return {
+            "skipped": f"needs at least 2 groups, found {names}",
+            "groups": [],
+            "accuracy": None,
+            "n": 0,
+            "predictions": [],
+            "small_groups": [],
+        }
     labels = torch.tensor([names.index(v) if v is not None else -1 for v in values])
     sizes = {n: int((labels == g).sum()) for g, n in enumerate(names)}
     small = [n for n in names if sizes[n] < MIN_GROUP_SIZE]
     for n in small:
-        notes.warn(f"{where}: group {n!r} has {sizes[n]} image(s) with a usable face; a group needs at least "
-                   f"{MIN_GROUP_SIZE} (2 besides the image being classified) for a distance interval, so its own "
-                   "images can never be assigned to it (recall 0 by construction); add images or merge groups")
+        notes.warn(
+            f"{where}: group {n!r} has {sizes[n]} image(s) with a usable face; a group needs at least "
+            f"{MIN_GROUP_SIZE} (2 besides the image being classified) for a distance interval, so its own "
+            "images can never be assigned to it (recall 0 by construction); add images or merge groups"
+        )
     dist = group_distances(emb, labels, len(names), confidence)
     res = group_scores(dist, labels, names)
     pred = res.pop("predicted")
@@ -85,9 +96,15 @@ def _task_result(emb: torch.Tensor, values: List[Optional[str]], confidence: flo
         "groups": [asdict(g) for g in res["groups"]],
         "accuracy": bootstrap_ci(correct, seed=seed).to_dict() if len(correct) else None,
         "n": res["n"],
-        "predictions": [{"index": int(i), "true": names[int(labels[i])], "predicted": names[int(p)],
-                         "distances": {n: float(d) for n, d in zip(names, dist[i])}}
-                        for i, p in zip(torch.nonzero(keep).flatten(), pred)],
+        "predictions": [
+            {
+                "index": int(i),
+                "true": names[int(labels[i])],
+                "predicted": names[int(p)],
+                "distances": {n: float(d) for n, d in zip(names, dist[i])},
+            }
+            for i, p in zip(torch.nonzero(keep).flatten(), pred)
+        ],
     }
 
 
@@ -102,7 +119,7 @@ def evaluate(
     num_workers: int = 0,
     progress: bool = True,
     seed: int = 0,
-) -> Dict[str, object]:
+) -> dict[str, object]:
     """Attribute-group classification of the labelled photos under each model (JSON-ready).
 
     Warns (``UserWarning``, also listed under ``"warnings"``) about groups of fewer than
@@ -110,30 +127,46 @@ def evaluate(
     :data:`~perface.eval.report.MIN_ITEMS` scored images.
     """
     import perface
+
     from ..signature import signature_of
 
     files, tasks = read_labels(labels, attributes, combine)
     paths = [Path(images) / f for f in files]
-    report: Dict[str, object] = {"images": str(images), "labels": str(labels), "confidence": confidence,
-                                 "files": files, "tasks": list(tasks), "models": []}
+    report: dict[str, object] = {
+        "images": str(images),
+        "labels": str(labels),
+        "confidence": confidence,
+        "files": files,
+        "tasks": list(tasks),
+        "models": [],
+    }
     notes = Notes()
     for name in models:
         model = perface.PerFace(name)
-        res = perface.embed_images([str(p) for p in paths], model=model, batch_size=batch_size,
-                                   num_workers=num_workers, progress=progress)
+        res = perface.embed_images(
+            [str(p) for p in paths], model=model, batch_size=batch_size, num_workers=num_workers, progress=progress
+        )
         ok = res.ok
         failures = [{"file": str(paths[i]), "reason": r} for i, r in sorted(res.errors.items())]
         ok_idx = torch.nonzero(ok).flatten().tolist()
         per_task = {}
         for task, values in tasks.items():
-            out = _task_result(res.embeddings[ok], [values[i] for i in ok_idx], confidence, seed, notes,
-                               f"{model.name}, task {task!r}")
+            out = _task_result(
+                res.embeddings[ok], [values[i] for i in ok_idx], confidence, seed, notes, f"{model.name}, task {task!r}"
+            )
             for p in out["predictions"]:
                 p["file"] = files[ok_idx[p.pop("index")]]
             per_task[task] = out
-        report["models"].append({"model": model.name, "perceptual": bool(model.spec.perceptual),
-                                 "signature": str(signature_of(model, "detect")), "n_ok": len(ok_idx),
-                                 "failures": failures, "tasks": per_task})
+        report["models"].append(
+            {
+                "model": model.name,
+                "perceptual": bool(model.spec.perceptual),
+                "signature": str(signature_of(model, "detect")),
+                "n_ok": len(ok_idx),
+                "failures": failures,
+                "tasks": per_task,
+            }
+        )
     report["warnings"] = notes.items
     return report
 
@@ -142,17 +175,25 @@ def _f(x: Optional[float]) -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
 
 
-def _markdown(report: Dict[str, object]) -> str:
-    lines = ["# Attribute-group classification", "",
-             f"- images: `{report['images']}`, labels: `{report['labels']}`, {len(report['files'])} labelled files",
-             f"- distance to a group: upper bound of the {report['confidence']:.0%} CI of the per-image "
-             "distances 1 - cos (query excluded); nearest group wins. AUC: one-vs-rest, score = -distance. "
-             f"A group of fewer than {MIN_GROUP_SIZE} images is marked *too small*: its own images can never be "
-             "assigned to it.", ""]
+def _markdown(report: dict[str, object]) -> str:
+    lines = [
+        "# Attribute-group classification",
+        "",
+        f"- images: `{report['images']}`, labels: `{report['labels']}`, {len(report['files'])} labelled files",
+        f"- distance to a group: upper bound of the {report['confidence']:.0%} CI of the per-image "
+        "distances 1 - cos (query excluded); nearest group wins. AUC: one-vs-rest, score = -distance. "
+        f"A group of fewer than {MIN_GROUP_SIZE} images is marked *too small*: its own images can never be "
+        "assigned to it.",
+        "",
+    ]
     lines += warnings_markdown(report.get("warnings") or [])
     for m in report["models"]:
-        lines += [f"## `{m['model']}` ({'perceptual' if m['perceptual'] else 'identity baseline'})", "",
-                  f"Metric signature: `{m['signature']}`", ""]
+        lines += [
+            f"## `{m['model']}` ({'perceptual' if m['perceptual'] else 'identity baseline'})",
+            "",
+            f"Metric signature: `{m['signature']}`",
+            "",
+        ]
         lines += ["| task | group | support | precision | recall | accuracy | AUC |", "|---|---|---|---|---|---|---|"]
         for task, t in m["tasks"].items():
             if "skipped" in t:
@@ -160,13 +201,18 @@ def _markdown(report: Dict[str, object]) -> str:
                 continue
             for g in t["groups"]:
                 name = f"{g['group']} (*too small*)" if g["group"] in t.get("small_groups", ()) else g["group"]
-                lines.append(f"| {task} | {name} | {g['support']} | {_f(g['precision'])} | "
-                             f"{_f(g['recall'])} | {_f(g['accuracy'])} | {_f(g['auc'])} |")
+                lines.append(
+                    f"| {task} | {name} | {g['support']} | {_f(g['precision'])} | "
+                    f"{_f(g['recall'])} | {_f(g['accuracy'])} | {_f(g['auc'])} |"
+                )
             acc = t["accuracy"]
             overall = f"{acc['mean']:.3f} [{acc['ci_low']:.3f}, {acc['ci_high']:.3f}]" if acc else "n/a"
             lines.append(f"| {task} | **all** | {t['n']} | | | {overall} | |")
-        lines += ["", f"Failures ({len(m['failures'])}):"] + (
-            [f"- `{f['file']}`: {f['reason']}" for f in m["failures"]] or ["- none"]) + [""]
+        lines += (
+            ["", f"Failures ({len(m['failures'])}):"]
+            + ([f"- `{f['file']}`: {f['reason']}" for f in m["failures"]] or ["- none"])
+            + [""]
+        )
     return "\n".join(lines)
 
 
@@ -182,64 +228,121 @@ def _json_safe(obj: object) -> object:
     return obj
 
 
-def _write_groups_csv(report: Dict[str, object], path: Path) -> None:
+def _write_groups_csv(report: dict[str, object], path: Path) -> None:
     with open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
-        w.writerow(["model", "task", "group", "support", "precision", "recall", "accuracy", "auc", "too_small",
-                    "signature"])
+        w.writerow(
+            ["model", "task", "group", "support", "precision", "recall", "accuracy", "auc", "too_small", "signature"]
+        )
         for m in report["models"]:
             for task, t in m["tasks"].items():
                 for g in t["groups"]:
-                    w.writerow([m["model"], task, g["group"], g["support"],
-                                *(f"{g[k]:.6f}" for k in ("precision", "recall", "accuracy", "auc")),
-                                int(g["group"] in t.get("small_groups", ())), m["signature"]])
+                    w.writerow(
+                        [
+                            m["model"],
+                            task,
+                            g["group"],
+                            g["support"],
+                            *(f"{g[k]:.6f}" for k in ("precision", "recall", "accuracy", "auc")),
+                            int(g["group"] in t.get("small_groups", ())),
+                            m["signature"],
+                        ]
+                    )
 
 
-def _write_predictions_csv(report: Dict[str, object], path: Path) -> None:
+def _write_predictions_csv(report: dict[str, object], path: Path) -> None:
     with open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["model", "task", "file", "true", "predicted", "distances", "signature"])
         for m in report["models"]:
             for task, t in m["tasks"].items():
                 for p in t["predictions"]:
-                    w.writerow([m["model"], task, p["file"], p["true"], p["predicted"],
-                                json.dumps({k: round(v, 6) for k, v in p["distances"].items()}), m["signature"]])
+                    w.writerow(
+                        [
+                            m["model"],
+                            task,
+                            p["file"],
+                            p["true"],
+                            p["predicted"],
+                            json.dumps({k: round(v, 6) for k, v in p["distances"].items()}),
+                            m["signature"],
+                        ]
+                    )
 
 
-def write_report(report: Dict[str, object], out: Path) -> Dict[str, Path]:
+def write_report(report: dict[str, object], out: Path) -> dict[str, Path]:
     """Write ``report.md``, ``groups.csv``, ``predictions.csv`` and ``summary.json`` into ``out``
     (built in a temporary folder, moved into place when complete)."""
-    return write_outputs(Path(out), {
-        "markdown": ("report.md", lambda p: p.write_text(_markdown(report), encoding="utf-8")),
-        "groups": ("groups.csv", lambda p: _write_groups_csv(report, p)),
-        "predictions": ("predictions.csv", lambda p: _write_predictions_csv(report, p)),
-        "json": ("summary.json", lambda p: p.write_text(json.dumps(_json_safe(report), indent=2), encoding="utf-8")),
-    })
+    return write_outputs(
+        Path(out),
+        {
+            "markdown": ("report.md", lambda p: p.write_text(_markdown(report), encoding="utf-8")),
+            "groups": ("groups.csv", lambda p: _write_groups_csv(report, p)),
+            "predictions": ("predictions.csv", lambda p: _write_predictions_csv(report, p)),
+            "json": (
+                "summary.json",
+                lambda p: p.write_text(json.dumps(_json_safe(report), indent=2), encoding="utf-8"),
+            ),
+        },
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", required=True, type=Path, help="folder the labels' file paths are relative to")
-    parser.add_argument("--labels", required=True, type=Path,
-                        help="CSV with a 'file' column and one column per attribute (e.g. gender, age)")
-    parser.add_argument("--attribute", action="append", dest="attributes", metavar="COLUMN",
-                        help="attribute column to evaluate; repeat for several (default: every column but 'file')")
-    parser.add_argument("--combine", action="append", nargs="+", default=[], metavar="COLUMN",
-                        help="also evaluate the intersection of these columns, e.g. --combine gender age "
-                        "(repeatable; default: none)")
-    parser.add_argument("--model", action="append", dest="models", metavar="NAME",
-                        help=f"checkpoint name or path; repeat for several (default: {DEFAULT_MODEL})")
-    parser.add_argument("--confidence", type=float, default=0.95,
-                        help="level of the interval whose upper bound is an image's distance to a group")
+    parser.add_argument(
+        "--labels",
+        required=True,
+        type=Path,
+        help="CSV with a 'file' column and one column per attribute (e.g. gender, age)",
+    )
+    parser.add_argument(
+        "--attribute",
+        action="append",
+        dest="attributes",
+        metavar="COLUMN",
+        help="attribute column to evaluate; repeat for several (default: every column but 'file')",
+    )
+    parser.add_argument(
+        "--combine",
+        action="append",
+        nargs="+",
+        default=[],
+        metavar="COLUMN",
+        help="also evaluate the intersection of these columns, e.g. --combine gender age (repeatable; default: none)",
+    )
+    parser.add_argument(
+        "--model",
+        action="append",
+        dest="models",
+        metavar="NAME",
+        help=f"checkpoint name or path; repeat for several (default: {DEFAULT_MODEL})",
+    )
+    parser.add_argument(
+        "--confidence",
+        type=float,
+        default=0.95,
+        help="level of the interval whose upper bound is an image's distance to a group",
+    )
     parser.add_argument("--out", type=Path, default=Path("attributes_eval"), help="output folder")
     parser.add_argument("--batch-size", type=int, default=32, help="images embedded per batch")
-    parser.add_argument("--workers", type=int, default=0,
-                        help="DataLoader worker processes for photo loading (0: in the main process)")
+    parser.add_argument(
+        "--workers", type=int, default=0, help="DataLoader worker processes for photo loading (0: in the main process)"
+    )
     add_quiet(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    report = evaluate(args.images, args.labels, args.models or [DEFAULT_MODEL], args.attributes, args.combine,
-                      args.confidence, args.batch_size, args.workers, not args.quiet)
+    report = evaluate(
+        args.images,
+        args.labels,
+        args.models or [DEFAULT_MODEL],
+        args.attributes,
+        args.combine,
+        args.confidence,
+        args.batch_size,
+        args.workers,
+        not args.quiet,
+    )
     paths = write_report(report, args.out)
     print(_markdown(report))
     print("written: " + ", ".join(str(p) for p in paths.values()))

@@ -8,8 +8,8 @@ ROC AUC with the negated group distances as scores. Pure tensor math, no I/O.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Dict, List, Sequence
 
 import torch
 
@@ -49,8 +49,9 @@ def group_distances(
         group of fewer than :data:`MIN_GROUP_SIZE` images is never predicted for its own members.
     """
     if embeddings.dim() != 2 or labels.shape != embeddings.shape[:1]:
-        raise ValueError(f"expected embeddings (N, D) and labels (N,), got {tuple(embeddings.shape)} "
-                         f"and {tuple(labels.shape)}")
+        raise ValueError(
+            f"expected embeddings (N, D) and labels (N,), got {tuple(embeddings.shape)} and {tuple(labels.shape)}"
+        )
     e = embeddings.double()
     n_img = e.shape[0]
     member = torch.stack([labels == g for g in range(num_groups)], dim=1).double()  # (N, G)
@@ -106,7 +107,7 @@ class GroupScores:
     auc: float
 
 
-def group_scores(distances: torch.Tensor, labels: torch.Tensor, names: Sequence[str]) -> Dict[str, object]:
+def group_scores(distances: torch.Tensor, labels: torch.Tensor, names: Sequence[str]) -> dict[str, object]:
     """Classification results of images with a known group.
 
     Args:
@@ -122,21 +123,23 @@ def group_scores(distances: torch.Tensor, labels: torch.Tensor, names: Sequence[
     keep = labels >= 0
     dist, true = distances[keep], labels[keep]
     pred = classify(dist)
-    per_group: List[GroupScores] = []
+    per_group: list[GroupScores] = []
     for g, name in enumerate(names):
         pos, hit = true == g, pred == g
         tp = int((pos & hit).sum())
-        per_group.append(GroupScores(
-            group=str(name),
-            support=int(pos.sum()),
-            precision=tp / int(hit.sum()) if int(hit.sum()) else float("nan"),
-            recall=tp / int(pos.sum()) if int(pos.sum()) else float("nan"),
-            accuracy=float((pos == hit).double().mean()) if len(true) else float("nan"),
-            auc=roc_auc(-dist[:, g].nan_to_num(posinf=1e9), pos),
-        ))
+        per_group.append(
+            GroupScores(
+                group=str(name),
+                support=int(pos.sum()),
+                precision=tp / int(hit.sum()) if int(hit.sum()) else float("nan"),
+                recall=tp / int(pos.sum()) if int(pos.sum()) else float("nan"),
+                accuracy=float((pos == hit).double().mean()) if len(true) else float("nan"),
+                auc=roc_auc(-dist[:, g].nan_to_num(posinf=1e9), pos),
+            )
+        )
     return {
         "accuracy": float((pred == true).double().mean()) if len(true) else float("nan"),
-        "n": int(len(true)),
+        "n": len(true),
         "groups": per_group,
         "predicted": pred,
     }

@@ -13,11 +13,21 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Optional
 
-__all__ = ["MIN_ITEMS", "Notes", "warnings_markdown", "write_outputs", "count_axis", "threshold_lines", "headroom",
-           "band", "reference_reading"]
+__all__ = [
+    "MIN_ITEMS",
+    "Notes",
+    "warnings_markdown",
+    "write_outputs",
+    "count_axis",
+    "threshold_lines",
+    "headroom",
+    "band",
+    "reference_reading",
+]
 
 MIN_ITEMS = 20  # a percentile-bootstrap interval from fewer items is too narrow to trust
 
@@ -26,7 +36,7 @@ class Notes:
     """Warnings of one evaluation: each is issued once with ``warnings.warn`` and kept in order."""
 
     def __init__(self) -> None:
-        self.items: List[str] = []
+        self.items: list[str] = []
 
     def warn(self, message: str) -> None:
         if message not in self.items:
@@ -36,16 +46,18 @@ class Notes:
     def small_set(self, n: int, what: str, minimum: int = MIN_ITEMS) -> None:
         """Warn when ``n`` items (e.g. "matched pairs") are too few for their 95% CI to mean much."""
         if n < minimum:
-            self.warn(f"only {n} {what}: 95% confidence intervals from fewer than {minimum} are rough "
-                      "(the bootstrap interval comes out too narrow); add data before drawing conclusions")
+            self.warn(
+                f"only {n} {what}: 95% confidence intervals from fewer than {minimum} are rough "
+                "(the bootstrap interval comes out too narrow); add data before drawing conclusions"
+            )
 
 
-def warnings_markdown(items: Sequence[str]) -> List[str]:
+def warnings_markdown(items: Sequence[str]) -> list[str]:
     """A "Warnings" section of a markdown report (no lines when there are none)."""
     return ["## Warnings", ""] + [f"- {m}" for m in items] + [""] if items else []
 
 
-def write_outputs(out: Path, writers: Dict[str, Tuple[str, Callable[[Path], object]]]) -> Dict[str, Path]:
+def write_outputs(out: Path, writers: dict[str, tuple[str, Callable[[Path], object]]]) -> dict[str, Path]:
     """Write a report folder: ``writers[key] = (file name, write(path))``; returns ``{key: final path}``.
 
     Files are written into a temporary sibling folder and moved into ``out`` only when all are
@@ -73,8 +85,17 @@ def threshold_lines(ax, values: Sequence[float], name: str, color: str = "0.3") 
     listed = ", ".join(f"{t:g}" for t in values)
     for i, t in enumerate(values):
         ax.axvline(t, color=color, linestyle=":", linewidth=1.2, label=f"{name}: {listed}" if i == 0 else None)
-        ax.annotate(f"{t:g}", xy=(t, 1.0), xycoords=("data", "axes fraction"), xytext=(0, 2),
-                    textcoords="offset points", ha="center", va="bottom", fontsize=7, color=color)
+        ax.annotate(
+            f"{t:g}",
+            xy=(t, 1.0),
+            xycoords=("data", "axes fraction"),
+            xytext=(0, 2),
+            textcoords="offset points",
+            ha="center",
+            va="bottom",
+            fontsize=7,
+            color=color,
+        )
 
 
 def headroom(ax, factor: float = 1.5) -> None:
@@ -88,7 +109,7 @@ def band(ax, low: float, high: float, label: str, color: str = "tab:green") -> N
     ax.axvspan(low, high, color=color, alpha=0.12, label=f"{label}: {low:.3f} to {high:.3f}")
 
 
-def reference_reading(score: Optional[float], metric) -> Optional[Dict[str, object]]:
+def reference_reading(score: Optional[float], metric) -> Optional[dict[str, object]]:
     """Where ``score`` falls in the shipped reference set of ``metric`` (``None`` without one)."""
     from ..reference import available, reading
 

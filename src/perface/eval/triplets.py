@@ -14,8 +14,9 @@ import csv
 import io
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Optional
 
 import torch
 
@@ -43,7 +44,7 @@ def _load_model(name: str, data_template: Optional[str], align: str, device: tor
     return metric.to(device).eval()
 
 
-def _groups(spec: Optional[str]) -> Optional[Dict[str, str]]:
+def _groups(spec: Optional[str]) -> Optional[dict[str, str]]:
     """``FILE.csv:COLUMN`` -> {triplet id: group} (the id column is ``tripletId`` or ``id``)."""
     if not spec:
         return None
@@ -60,7 +61,7 @@ def evaluate_triplets(
     models: Sequence[str],
     triplets: TripletSet,
     align: str = "auto",
-    groups: Optional[Dict[str, str]] = None,
+    groups: Optional[dict[str, str]] = None,
     batch_size: int = 64,
     num_workers: int = 0,
     device: torch.device = torch.device("cpu"),
@@ -68,7 +69,7 @@ def evaluate_triplets(
     seed: int = 0,
     progress: bool = True,
     missing_list: Optional[Path] = None,
-) -> List[Dict[str, Any]]:
+) -> list[dict[str, Any]]:
     """One row per (model, group): accuracy with bootstrap 95% CI over ``triplets``.
 
     ``triplets`` must all have a majority answer (use ``.unanimous_only()`` for the paper's
@@ -77,21 +78,23 @@ def evaluate_triplets(
     face are summarized in one warning and listed in ``missing_list`` if given.
     """
     rows = []
-    banks: Dict[int, TripletImages] = {}
+    banks: dict[int, TripletImages] = {}
     for name in models:
         metric = _load_model(name, triplets.template, align, device)
         data, photos = triplets, None
         if triplets.images == "photos":
-            data, photos = align_photos(triplets, metric.template, metric.input_size, progress=progress,
-                                        missing_list=missing_list)
+            data, photos = align_photos(
+                triplets, metric.template, metric.input_size, progress=progress, missing_list=missing_list
+            )
             images = TripletImages.from_set(data, metric.input_size, photos)
         else:
             size = 224 if metric.align != "none" else metric.input_size  # converted crops keep their resolution
             if size not in banks:
                 banks[size] = TripletImages.from_set(data, size, workers=num_workers, progress=progress)
             images = banks[size]
-        pos, neg = triplet_similarities(metric.embed, images, batch_size, device, progress=progress,
-                                        desc=f"{metric.name}")
+        pos, neg = triplet_similarities(
+            metric.embed, images, batch_size, device, progress=progress, desc=f"{metric.name}"
+        )
         correct = triplet_correct(pos, neg)
         labels = {"all": list(range(len(data)))}
         if groups is not None:
@@ -101,24 +104,37 @@ def evaluate_triplets(
             if not idx:
                 continue
             est = bootstrap_ci(correct[idx], n=bootstrap, seed=seed)
-            rows.append({"model": name, "checkpoint": metric.name, "template": metric.template,
-                         "align": metric.align, "group": group, "accuracy": est.mean, "ci_low": est.low,
-                         "ci_high": est.high, "n": est.n, "failed": len(triplets) - len(data),
-                         "signature": str(signature_of(metric, "detect" if photos is not None else None))})
+            rows.append(
+                {
+                    "model": name,
+                    "checkpoint": metric.name,
+                    "template": metric.template,
+                    "align": metric.align,
+                    "group": group,
+                    "accuracy": est.mean,
+                    "ci_low": est.low,
+                    "ci_high": est.high,
+                    "n": est.n,
+                    "failed": len(triplets) - len(data),
+                    "signature": str(signature_of(metric, "detect" if photos is not None else None)),
+                }
+            )
     return rows
 
 
-def warn_small(rows: List[Dict[str, Any]]) -> List[str]:
+def warn_small(rows: list[dict[str, Any]]) -> list[str]:
     """Warn (``UserWarning``) for each row scored on fewer than :data:`~perface.eval.report.MIN_ITEMS`
     triplets; returns the messages."""
     notes = Notes()
     for r in rows:
-        notes.small_set(int(r["n"]), f"triplets scored for {r['model']}" + ("" if r["group"] == "all"
-                                                                             else f", group {r['group']!r}"))
+        notes.small_set(
+            int(r["n"]),
+            f"triplets scored for {r['model']}" + ("" if r["group"] == "all" else f", group {r['group']!r}"),
+        )
     return notes.items
 
 
-def format_table(rows: List[Dict[str, Any]], fmt: str = "markdown") -> str:
+def format_table(rows: list[dict[str, Any]], fmt: str = "markdown") -> str:
     """``rows`` of :func:`evaluate_triplets` as ``markdown`` (one row per model, then each model's
     metric signature), ``csv`` or ``json`` (every field, ``signature`` included)."""
     if fmt == "json":
@@ -134,13 +150,18 @@ def format_table(rows: List[Dict[str, Any]], fmt: str = "markdown") -> str:
     groups = list(dict.fromkeys(r["group"] for r in rows))
     models = list(dict.fromkeys(r["model"] for r in rows))
     cell = {(r["model"], r["group"]): r for r in rows}
-    head = ["model", "template", "align"] + [f"accuracy ({g})" if len(groups) > 1 else "triplet accuracy [95% CI]"
-                                            for g in groups] + ["n"]
+    head = (
+        ["model", "template", "align"]
+        + [f"accuracy ({g})" if len(groups) > 1 else "triplet accuracy [95% CI]" for g in groups]
+        + ["n"]
+    )
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m in models:
         first = cell[(m, groups[0])]
-        vals = [f"{c['accuracy']:.3f} [{c['ci_low']:.3f}, {c['ci_high']:.3f}]" if (c := cell.get((m, g))) else "-"
-                for g in groups]
+        vals = [
+            f"{c['accuracy']:.3f} [{c['ci_low']:.3f}, {c['ci_high']:.3f}]" if (c := cell.get((m, g))) else "-"
+            for g in groups
+        ]
         lines.append("| " + " | ".join([m, first["template"], first["align"], *vals, str(first["n"])]) + " |")
     lines += ["", "Metric signatures:", ""] + [f"- {m}: `{cell[(m, groups[0])]['signature']}`" for m in models]
     return "\n".join(lines) + "\n"
@@ -151,45 +172,82 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--answers", help="answers CSV of a SimCelebA-format folder (default DATA/triplet_answers.csv)")
     parser.add_argument("--images", choices=("photos", "crops"), help="triplet CSV: photos (default) or aligned crops")
     parser.add_argument("--crop-template", help="triplet CSV of crops: their template (arcface, simceleba, ffhq)")
-    parser.add_argument("--model", action="append", dest="models", metavar="NAME_OR_DIR",
-                        help="model to score; repeat for several (default: sface)")
-    parser.add_argument("--split", help="score one part of a split: random, unseen, seen-source, seen-target or "
-                        "a split .json (same options as training)")
-    parser.add_argument("--part", default="test", choices=("train", "val", "test"),
-                        help="part of --split to score")
+    parser.add_argument(
+        "--model",
+        action="append",
+        dest="models",
+        metavar="NAME_OR_DIR",
+        help="model to score; repeat for several (default: sface)",
+    )
+    parser.add_argument(
+        "--split",
+        help="score one part of a split: random, unseen, seen-source, seen-target or "
+        "a split .json (same options as training)",
+    )
+    parser.add_argument("--part", default="test", choices=("train", "val", "test"), help="part of --split to score")
     parser.add_argument("--seed", type=int, default=0, help="split seed (as in training) and bootstrap seed")
     parser.add_argument("--val-fraction", type=float, default=0.1, help="random split: validation fraction")
     parser.add_argument("--test-fraction", type=float, default=0.1, help="random split: test fraction")
-    parser.add_argument("--layout", default="target-major", choices=("target-major", "source-major"),
-                        help="grid protocols: id layout")
+    parser.add_argument(
+        "--layout", default="target-major", choices=("target-major", "source-major"), help="grid protocols: id layout"
+    )
     parser.add_argument("--holdout", type=float, default=0.2, help="grid protocols: test holdout fraction")
     parser.add_argument("--val-holdout", type=float, default=0.1, help="grid protocols: validation holdout")
-    parser.add_argument("--set", default="unanimous", choices=("unanimous", "all"),
-                        help="unanimous (consistent) triplets only, as in the paper, or all with a majority")
-    parser.add_argument("--align", default="auto", choices=("auto", "none"),
-                        help="auto: warp crops to each model's template when they differ; none: only resize")
-    parser.add_argument("--group-by", metavar="FILE.csv:COLUMN",
-                        help="also report accuracy per group of this column (e.g. meta.csv:kind; default: none)")
+    parser.add_argument(
+        "--set",
+        default="unanimous",
+        choices=("unanimous", "all"),
+        help="unanimous (consistent) triplets only, as in the paper, or all with a majority",
+    )
+    parser.add_argument(
+        "--align",
+        default="auto",
+        choices=("auto", "none"),
+        help="auto: warp crops to each model's template when they differ; none: only resize",
+    )
+    parser.add_argument(
+        "--group-by",
+        metavar="FILE.csv:COLUMN",
+        help="also report accuracy per group of this column (e.g. meta.csv:kind; default: none)",
+    )
     parser.add_argument("--bootstrap", type=int, default=10000, help="bootstrap resamples for the 95%% CI")
-    parser.add_argument("--missing-list", metavar="FILE", help="write every missing, empty, unreadable or faceless "
-                        "image to this CSV (path, problem, triplets); the terminal shows counts and the first few")
+    parser.add_argument(
+        "--missing-list",
+        metavar="FILE",
+        help="write every missing, empty, unreadable or faceless "
+        "image to this CSV (path, problem, triplets); the terminal shows counts and the first few",
+    )
     parser.add_argument("--batch-size", type=int, default=64, help="triplets per forward pass")
-    parser.add_argument("--workers", type=int, default=0, help="processes decoding the images (once); 0 = in this "
-                        "process")
+    parser.add_argument(
+        "--workers", type=int, default=0, help="processes decoding the images (once); 0 = in this process"
+    )
     parser.add_argument("--device", default="auto", help="auto (a GPU if any, else cpu), cpu, cuda, cuda:1 ...")
     parser.add_argument("--format", default="markdown", choices=("markdown", "csv", "json"), help="stdout format")
-    parser.add_argument("--output", action="append", default=[], metavar="FILE",
-                        help="also write the table to FILE (.md, .csv or .json by its suffix; repeatable; "
-                        "default: none)")
+    parser.add_argument(
+        "--output",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="also write the table to FILE (.md, .csv or .json by its suffix; repeatable; default: none)",
+    )
     add_quiet(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    triplets = load_triplets(args.data, args.answers, args.images, args.crop_template,
-                             missing_list=args.missing_list).majority_only()
+    triplets = load_triplets(
+        args.data, args.answers, args.images, args.crop_template, missing_list=args.missing_list
+    ).majority_only()
     if args.split:
-        split = make_split(triplets.ids, args.split, seed=args.seed, val=args.val_fraction, test=args.test_fraction,
-                           holdout=args.holdout, val_holdout=args.val_holdout, layout=args.layout)
+        split = make_split(
+            triplets.ids,
+            args.split,
+            seed=args.seed,
+            val=args.val_fraction,
+            test=args.test_fraction,
+            holdout=args.holdout,
+            val_holdout=args.val_holdout,
+            layout=args.layout,
+        )
         triplets = triplets.subset(getattr(split, args.part))
     if args.set == "unanimous":
         triplets = triplets.unanimous_only()
@@ -200,9 +258,19 @@ def run(args: argparse.Namespace) -> int:
     for out in args.output:  # before the slow part
         if Path(out).suffix.lower() not in suffixes:
             raise ValueError(f"--output {out}: use a .md, .csv or .json file name")
-    rows = evaluate_triplets(args.models or ["sface"], triplets, args.align, _groups(args.group_by), args.batch_size,
-                             args.workers, resolve_device(args.device), args.bootstrap, args.seed, not args.quiet,
-                             args.missing_list)
+    rows = evaluate_triplets(
+        args.models or ["sface"],
+        triplets,
+        args.align,
+        _groups(args.group_by),
+        args.batch_size,
+        args.workers,
+        resolve_device(args.device),
+        args.bootstrap,
+        args.seed,
+        not args.quiet,
+        args.missing_list,
+    )
     warn_small(rows)
     print(format_table(rows, args.format), end="")
     for out in args.output:

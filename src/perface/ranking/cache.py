@@ -39,9 +39,10 @@ import json
 import mmap
 import os
 import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union, overload
+from typing import Optional, Union, overload
 
 import torch
 
@@ -51,8 +52,16 @@ __all__ = ["FORMAT", "Strings", "Pool", "write_cache", "read_cache"]
 
 FORMAT = "perface-pool-2"
 _META_KEYS = ("model", "template", "fingerprint", "signature")
-_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-           "I64": torch.int64, "I32": torch.int32, "U8": torch.uint8, "BOOL": torch.bool}
+_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
 _ROW_TENSORS = ("embeddings", "boxes", "sizes", "mtimes_ns", "digests")
 
 
@@ -68,13 +77,16 @@ class Strings(Sequence[str]):
         self.blob, self.offsets = blob, offsets
 
     @classmethod
-    def from_list(cls, items: Sequence[str]) -> "Strings":
+    def from_list(cls, items: Sequence[str]) -> Strings:
         encoded = [s.encode("utf-8") for s in items]
         offsets = torch.zeros(len(encoded) + 1, dtype=torch.int64)
         if encoded:
             offsets[1:] = torch.tensor([len(e) for e in encoded], dtype=torch.int64).cumsum(0)
-        blob = torch.frombuffer(bytearray(b"".join(encoded)), dtype=torch.uint8) if offsets[-1] else \
-            torch.empty(0, dtype=torch.uint8)
+        blob = (
+            torch.frombuffer(bytearray(b"".join(encoded)), dtype=torch.uint8)
+            if offsets[-1]
+            else torch.empty(0, dtype=torch.uint8)
+        )
         return cls(blob, offsets)
 
     def __len__(self) -> int:
@@ -84,7 +96,7 @@ class Strings(Sequence[str]):
     def __getitem__(self, i: int) -> str: ...
 
     @overload
-    def __getitem__(self, i: slice) -> List[str]: ...
+    def __getitem__(self, i: slice) -> list[str]: ...
 
     def __getitem__(self, i):
         if isinstance(i, slice):
@@ -169,8 +181,8 @@ class Pool:
     mtimes_ns: torch.Tensor
     digests: torch.Tensor
     errors: Mapping[str, str]
-    model: Dict[str, str]
-    skipped: Dict[str, str] = field(default_factory=dict)
+    model: dict[str, str]
+    skipped: dict[str, str] = field(default_factory=dict)
     embedded: int = 0
 
     def __len__(self) -> int:
@@ -184,7 +196,7 @@ class Pool:
         return ~torch.isnan(self.embeddings[:, 0])
 
     @property
-    def failures(self) -> Dict[str, str]:
+    def failures(self) -> dict[str, str]:
         """Every file of the folder without an embedding -> why: the failed rows (``errors``)
         and the files not tried (``skipped``), sorted by name."""
         merged = {**dict(self.errors), **self.skipped}
@@ -194,14 +206,22 @@ class Pool:
         """Full path of row ``i``."""
         return self.root / self.files[i]
 
-    def subset(self, rows: Sequence[int]) -> "Pool":
+    def subset(self, rows: Sequence[int]) -> Pool:
         """A new in-memory pool of ``rows`` (ascending), with their failure reasons."""
         index = torch.as_tensor(list(rows), dtype=torch.long)
         files = [self.files[r] for r in index.tolist()]
         errors = {name: self.errors[name] for name in files if name in self.errors}
-        return Pool(root=self.root, files=files, embeddings=self.embeddings[index], boxes=self.boxes[index],
-                    sizes=self.sizes[index], mtimes_ns=self.mtimes_ns[index], digests=self.digests[index],
-                    errors=errors, model=dict(self.model))
+        return Pool(
+            root=self.root,
+            files=files,
+            embeddings=self.embeddings[index],
+            boxes=self.boxes[index],
+            sizes=self.sizes[index],
+            mtimes_ns=self.mtimes_ns[index],
+            digests=self.digests[index],
+            errors=errors,
+            model=dict(self.model),
+        )
 
 
 def write_cache(path: Union[str, Path], pool: Pool) -> Path:
@@ -216,11 +236,19 @@ def write_cache(path: Union[str, Path], pool: Pool) -> Path:
     found = sorted((row, reason) for name, reason in pool.errors.items() if (row := _find(names, name)) is not None)
     error_rows = [row for row, _ in found]
     reason_strings = Strings.from_list([reason for _, reason in found])
-    tensors = {"embeddings": pool.embeddings, "boxes": pool.boxes.to(torch.float32), "sizes": pool.sizes,
-               "mtimes_ns": pool.mtimes_ns, "digests": pool.digests, "names": names.blob,
-               "name_offsets": names.offsets, "error_rows": torch.tensor(error_rows, dtype=torch.int64),
-               "errors": reason_strings.blob, "error_offsets": reason_strings.offsets,
-               "skipped": _json_bytes(pool.skipped)}
+    tensors = {
+        "embeddings": pool.embeddings,
+        "boxes": pool.boxes.to(torch.float32),
+        "sizes": pool.sizes,
+        "mtimes_ns": pool.mtimes_ns,
+        "digests": pool.digests,
+        "names": names.blob,
+        "name_offsets": names.offsets,
+        "error_rows": torch.tensor(error_rows, dtype=torch.int64),
+        "errors": reason_strings.blob,
+        "error_offsets": reason_strings.offsets,
+        "skipped": _json_bytes(pool.skipped),
+    }
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     seen = set()
     for key, value in tensors.items():  # safetensors refuses tensors that share memory: copy those
@@ -233,12 +261,12 @@ def write_cache(path: Union[str, Path], pool: Pool) -> Path:
     return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
 
-def _json_bytes(data: Dict[str, str]) -> torch.Tensor:
+def _json_bytes(data: dict[str, str]) -> torch.Tensor:
     encoded = json.dumps(data, ensure_ascii=False, sort_keys=True).encode("utf-8")
     return torch.frombuffer(bytearray(encoded), dtype=torch.uint8)
 
 
-def _map_file(path: Path) -> Tuple[Dict[str, str], Dict[str, torch.Tensor]]:
+def _map_file(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
     """Parse a safetensors file and return (metadata, tensors viewing a private mapping)."""
     with open(path, "rb") as fh:
         size = os.fstat(fh.fileno()).st_size
@@ -248,7 +276,7 @@ def _map_file(path: Path) -> Tuple[Dict[str, str], Dict[str, torch.Tensor]]:
     header_len = int.from_bytes(mm[:8], "little")
     if header_len > size - 8:
         raise ValueError("header runs past the end of the file (truncated?)")
-    header = json.loads(mm[8:8 + header_len])
+    header = json.loads(mm[8 : 8 + header_len])
     meta = header.pop("__metadata__", None) or {}
     base = 8 + header_len
     tensors = {}
@@ -271,12 +299,12 @@ def _map_file(path: Path) -> Tuple[Dict[str, str], Dict[str, torch.Tensor]]:
                 page = (base + start) // mmap.PAGESIZE * mmap.PAGESIZE
                 mm.madvise(mmap.MADV_SEQUENTIAL, page, base + stop - page)
         else:  # unaligned (not written by safetensors >= 0.4): copy
-            raw = bytearray(mm[base + start:base + stop])
+            raw = bytearray(mm[base + start : base + stop])
             tensors[name] = torch.frombuffer(raw, dtype=dtype).view(shape)
     return meta, tensors
 
 
-def read_cache(path: Union[str, "os.PathLike[str]"], root: Union[str, "os.PathLike[str]", None] = None) -> Optional[Pool]:
+def read_cache(path: Union[str, os.PathLike[str]], root: Union[str, os.PathLike[str], None] = None) -> Optional[Pool]:
     """The pool stored at ``path``, memory-mapped; None when there is no such file.
 
     ``root``: the pool folder (default: the one recorded in the file). A damaged file or one in
@@ -304,13 +332,24 @@ def read_cache(path: Union[str, "os.PathLike[str]"], root: Union[str, "os.PathLi
     except FileNotFoundError:  # removed since it was listed (another process folded it in)
         return None
     except PermissionError as exc:
-        warnings.warn(f"pool cache {path} cannot be read ({exc.strerror}); it is ignored. Ask its owner to make "
-                      "it readable, or use another cache folder (--cache DIR, PERFACE_CACHE=DIR)", stacklevel=2)
+        warnings.warn(
+            f"pool cache {path} cannot be read ({exc.strerror}); it is ignored. Ask its owner to make "
+            "it readable, or use another cache folder (--cache DIR, PERFACE_CACHE=DIR)",
+            stacklevel=2,
+        )
         return None
     except (OSError, ValueError, KeyError, TypeError) as exc:  # any damage: rebuild rather than trust it
         warnings.warn(f"pool cache {path} is unusable ({exc}); it will be rebuilt", stacklevel=2)
         return None
-    return Pool(root=Path(root if root is not None else meta.get("root", "")), files=names,
-                embeddings=t["embeddings"], boxes=t["boxes"], sizes=t["sizes"], mtimes_ns=t["mtimes_ns"],
-                digests=t["digests"], errors=errors, model={k: meta.get(k, "") for k in _META_KEYS},
-                skipped=skipped)
+    return Pool(
+        root=Path(root if root is not None else meta.get("root", "")),
+        files=names,
+        embeddings=t["embeddings"],
+        boxes=t["boxes"],
+        sizes=t["sizes"],
+        mtimes_ns=t["mtimes_ns"],
+        digests=t["digests"],
+        errors=errors,
+        model={k: meta.get(k, "") for k in _META_KEYS},
+        skipped=skipped,
+    )

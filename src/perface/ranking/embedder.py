@@ -8,8 +8,9 @@ is the adapter to the package's one photo pipeline, :func:`perface.embedding.emb
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Protocol, Sequence, Union
+from typing import Callable, Optional, Protocol, Union
 
 import torch
 
@@ -26,7 +27,7 @@ class EmbedBatch:
 
     embeddings: torch.Tensor
     boxes: torch.Tensor
-    errors: Dict[int, str] = field(default_factory=dict)
+    errors: dict[int, str] = field(default_factory=dict)
 
 
 class Embedder(Protocol):
@@ -35,9 +36,9 @@ class Embedder(Protocol):
     may also accept a keyword ``progress``: a callable told how many files it has finished, so
     that the pool's one progress bar moves during a call."""
 
-    key: Dict[str, str]
+    key: dict[str, str]
 
-    def __call__(self, paths: List[str], /) -> EmbedBatch: ...
+    def __call__(self, paths: list[str], /) -> EmbedBatch: ...
 
 
 class PhotoEmbedder:
@@ -58,8 +59,15 @@ class PhotoEmbedder:
         metric: the ``PerFace``; key: see :data:`Embedder`.
     """
 
-    def __init__(self, model="sface", *, batch_size: int = 32, num_workers: int = 0, progress: bool = True,
-                 device: Union[str, torch.device, None] = None) -> None:
+    def __init__(
+        self,
+        model="sface",
+        *,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        progress: bool = True,
+        device: Union[str, torch.device, None] = None,
+    ) -> None:
         from ..devices import resolve_device
         from ..model import PerFace
 
@@ -82,14 +90,20 @@ class PhotoEmbedder:
 
         report: Optional[Progress] = progress if callable(progress) else None
         show = (self.progress if progress is None else bool(progress)) and report is None
-        result = embed(list(sources), self.metric, batch_size=self.batch_size, num_workers=self.num_workers,
-                       progress=show, desc=f"embed ({self.metric.name})")
+        result = embed(
+            list(sources),
+            self.metric,
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            progress=show,
+            desc=f"embed ({self.metric.name})",
+        )
         if report is not None:
             report(len(sources))
         return EmbedBatch(result.embeddings, result.boxes, dict(result.errors))
 
 
-def model_key(metric) -> Dict[str, str]:
+def model_key(metric) -> dict[str, str]:
     """``{"model", "template", "fingerprint", "signature"}`` of a PerFace used on photos.
 
     ``fingerprint``: a sha256 over the network's parameters and input settings, so a changed
@@ -103,5 +117,9 @@ def model_key(metric) -> Dict[str, str]:
         t = tensor.detach().cpu().contiguous()
         digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
         digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return {"model": metric.name, "template": metric.template, "fingerprint": digest.hexdigest(),
-            "signature": str(signature_of(metric, "detect"))}
+    return {
+        "model": metric.name,
+        "template": metric.template,
+        "fingerprint": digest.hexdigest(),
+        "signature": str(signature_of(metric, "detect")),
+    }

@@ -6,8 +6,9 @@ PIL and matplotlib are imported inside the functions, so importing this module i
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence, Tuple, Union
+from typing import Optional, Union
 
 import torch
 
@@ -35,8 +36,8 @@ def face_thumbnail(src, box: Optional[Sequence[float]] = None, size: int = 160, 
         cx, cy = (x1 + x2) / 2.0, (y1 + y2) / 2.0
     else:
         side, cx, cy = float(min(h, w)), w / 2.0, h / 2.0
-    left, top = int(round(cx - side / 2.0)), int(round(cy - side / 2.0))
-    side_px = max(1, int(round(side)))
+    left, top = round(cx - side / 2.0), round(cy - side / 2.0)
+    side_px = max(1, round(side))
     pixels = (img.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
     # crop() pads with black outside the photo, keeping the face centred
     return Image.fromarray(pixels).crop((left, top, left + side_px, top + side_px)).resize((size, size), Image.BILINEAR)
@@ -61,7 +62,7 @@ def _fit(draw, text: str, font, width: int) -> str:
 
 def contact_sheet(
     target,
-    candidates: Sequence[Tuple[object, str]],
+    candidates: Sequence[tuple[object, str]],
     path: PathLike,
     *,
     tile: int = 160,
@@ -117,7 +118,7 @@ def similarity_histogram(
     scores: torch.Tensor,
     path: PathLike,
     *,
-    band: Optional[Tuple[float, float]] = None,
+    band: Optional[tuple[float, float]] = None,
     exclude_above: Optional[float] = None,
     chosen: Optional[torch.Tensor] = None,
     title: str = "",
@@ -134,15 +135,29 @@ def similarity_histogram(
             lo, hi = min(-0.2, float(finite.min())), max(1.0, float(finite.max()))
             counts = torch.histc(finite, bins=bins, min=lo, max=hi)
             edges = torch.linspace(lo, hi, bins + 1)
-            ax.stairs(counts.numpy(), edges.numpy(), fill=True, color="#7f7f7f", alpha=0.7,
-                      label=f"pool ({finite.numel()} faces)")
+            ax.stairs(
+                counts.numpy(),
+                edges.numpy(),
+                fill=True,
+                color="#7f7f7f",
+                alpha=0.7,
+                label=f"pool ({finite.numel()} faces)",
+            )
         if band is not None:
             ax.axvspan(band[0], band[1], color="#2ca02c", alpha=0.2, label=f"band [{band[0]:g}, {band[1]:g}]")
         if exclude_above is not None:
             ax.axvline(exclude_above, color="#d62728", ls="--", label=f"same identity > {exclude_above:g}")
         if chosen is not None and chosen.numel():
-            ax.plot(chosen.float().cpu().numpy(), [0] * chosen.numel(), "|", color="#1f77b4", ms=14, mew=1.5,
-                    label=f"chosen ({chosen.numel()})", clip_on=False)
+            ax.plot(
+                chosen.float().cpu().numpy(),
+                [0] * chosen.numel(),
+                "|",
+                color="#1f77b4",
+                ms=14,
+                mew=1.5,
+                label=f"chosen ({chosen.numel()})",
+                clip_on=False,
+            )
         ax.set_xlabel("similarity to target (cosine)")
         ax.set_ylabel("faces")
         ax.set_title(title)
@@ -170,8 +185,15 @@ def similarity_heatmap(matrix: torch.Tensor, labels: Sequence[str], path: PathLi
                 for j in range(n):
                     v = m[i, j]
                     text = "n/a" if v != v else f"{v:.2f}"
-                    ax.text(j, i, text, ha="center", va="center", fontsize=7,
-                            color="black" if v == v and v > 0.6 else "white")
+                    ax.text(
+                        j,
+                        i,
+                        text,
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="black" if v == v and v > 0.6 else "white",
+                    )
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="similarity (cosine)")
         ax.set_title(title)
         return save_figure(fig, path)

@@ -39,14 +39,15 @@ import tempfile
 import time
 import uuid
 import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union, cast
+from typing import Any, Optional, Union, cast
 
 import torch
 
 from .cache import Pool, read_cache, write_cache
 from .embedder import EmbedBatch, Embedder, PhotoEmbedder, model_key
-from .scan import HEIF_SUFFIXES, scan_pool, walk_pool, classify
+from .scan import HEIF_SUFFIXES, classify, scan_pool, walk_pool
 
 __all__ = [
     "Pool",
@@ -99,8 +100,10 @@ class PoolSet:
         signatures = {p.model.get("signature", "") for p in self.parts}
         dims = {p.embeddings.shape[1] for p in self.parts if len(p)}
         if len(signatures) > 1 or len(dims) > 1:
-            raise ValueError(f"the pools were made by different metrics ({sorted(signatures)}, embedding sizes "
-                             f"{sorted(dims)}); embed them with one model (perface embed-pool --rebuild)")
+            raise ValueError(
+                f"the pools were made by different metrics ({sorted(signatures)}, embedding sizes "
+                f"{sorted(dims)}); embed them with one model (perface embed-pool --rebuild)"
+            )
         self.offsets = [0]
         for p in self.parts:
             self.offsets.append(self.offsets[-1] + len(p))
@@ -113,7 +116,7 @@ class PoolSet:
         return self.parts[0].root
 
     @property
-    def model(self) -> Dict[str, str]:
+    def model(self) -> dict[str, str]:
         """The metric that made the rows (see :attr:`Pool.model`)."""
         return self.parts[0].model
 
@@ -123,19 +126,19 @@ class PoolSet:
         return sum(p.embedded for p in self.parts)
 
     @property
-    def embeddings(self) -> List[torch.Tensor]:
+    def embeddings(self) -> list[torch.Tensor]:
         """Each part's (N_i, D) embeddings (memory-mapped where read from a cache)."""
         return [p.embeddings for p in self.parts]
 
     @property
-    def failures(self) -> Dict[str, str]:
+    def failures(self) -> dict[str, str]:
         """Every file without an embedding -> why, over all parts, sorted by name."""
-        merged: Dict[str, str] = {}
+        merged: dict[str, str] = {}
         for p in self.parts:
             merged.update(p.failures)
         return {name: merged[name] for name in sorted(merged)}
 
-    def locate(self, i: int) -> Tuple[Pool, int]:
+    def locate(self, i: int) -> tuple[Pool, int]:
         """(part, row in it) of row ``i`` of the set."""
         if not 0 <= i < len(self):
             raise IndexError(f"row {i} out of range for {len(self)} rows")
@@ -154,9 +157,9 @@ class PoolSet:
         part, row = self.locate(i)
         return part.boxes[row].to(torch.float32)
 
-    def rows_with_digest(self, digest: int) -> List[int]:
+    def rows_with_digest(self, digest: int) -> list[int]:
         """Rows whose file content hash (:func:`file_digest`) is ``digest``."""
-        found: List[int] = []
+        found: list[int] = []
         for offset, p in zip(self.offsets, self.parts):
             found.extend(offset + r for r in (p.digests == digest).nonzero().flatten().tolist())
         return found
@@ -192,7 +195,7 @@ def cache_path(cache_dir: PathLike, model: str) -> Path:
     return Path(cache_dir) / f"{_slug(model)}.safetensors"
 
 
-def shard_path(cache_dir: PathLike, model: str, shard: Tuple[int, int]) -> Path:
+def shard_path(cache_dir: PathLike, model: str, shard: tuple[int, int]) -> Path:
     """The cache file of shard ``(i, n)``."""
     i, n = shard
     return Path(cache_dir) / f"{_slug(model)}.shard-{i:05d}-of-{n:05d}.safetensors"
@@ -202,7 +205,7 @@ def _stem(path: Path) -> str:
     return path.name[: -len(".safetensors")]
 
 
-def _part_files(path: Path) -> List[Path]:
+def _part_files(path: Path) -> list[Path]:
     """Saved progress of the cache file ``path`` (complete parts only: temporary files of a
     write in progress start with a dot)."""
     return sorted(path.parent.glob(f"{_stem(path)}.part-*.safetensors"))
@@ -212,7 +215,7 @@ def _new_part_path(path: Path) -> Path:
     return path.with_name(f"{_stem(path)}.part-{time.time_ns():x}-{os.getpid()}-{uuid.uuid4().hex[:8]}.safetensors")
 
 
-def _shard_files(cache_dir: Path, model: str) -> Dict[Tuple[int, int], Path]:
+def _shard_files(cache_dir: Path, model: str) -> dict[tuple[int, int], Path]:
     pattern = re.compile(rf"{re.escape(_slug(model))}\.shard-(\d+)-of-(\d+)\.safetensors")
     found = {}
     for p in cache_dir.glob(f"{_slug(model)}.shard-*.safetensors"):
@@ -222,7 +225,7 @@ def _shard_files(cache_dir: Path, model: str) -> Dict[Tuple[int, int], Path]:
     return dict(sorted(found.items()))
 
 
-def parse_shard(text: str) -> Tuple[int, int]:
+def parse_shard(text: str) -> tuple[int, int]:
     """``"i/n"`` -> (i, n) with 0 <= i < n; ``"auto"`` reads torchrun's RANK and WORLD_SIZE."""
     if text == "auto":
         i, n = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
@@ -247,10 +250,13 @@ def _writable(folder: Path) -> bool:
     except OSError as exc:
         if str(folder) not in _unwritable_warned:
             _unwritable_warned.add(str(folder))
-            warnings.warn(f"pool cache folder {folder} is not writable ({exc.strerror or exc}); embeddings "
-                          "found there are used, new ones are not saved. Choose a writable folder with --cache DIR "
-                          "(cache=DIR) or the PERFACE_CACHE environment variable, or run without a cache with "
-                          "--no-cache (cache=False)", stacklevel=3)
+            warnings.warn(
+                f"pool cache folder {folder} is not writable ({exc.strerror or exc}); embeddings "
+                "found there are used, new ones are not saved. Choose a writable folder with --cache DIR "
+                "(cache=DIR) or the PERFACE_CACHE environment variable, or run without a cache with "
+                "--no-cache (cache=False)",
+                stacklevel=3,
+            )
         return False
 
 
@@ -268,7 +274,7 @@ def file_digest(path: PathLike) -> int:
         return 0
 
 
-def _stat(root: Path, files: Sequence[str]) -> Tuple[List[str], torch.Tensor, torch.Tensor]:
+def _stat(root: Path, files: Sequence[str]) -> tuple[list[str], torch.Tensor, torch.Tensor]:
     kept, sizes, mtimes = [], [], []
     for name in files:
         try:
@@ -281,36 +287,58 @@ def _stat(root: Path, files: Sequence[str]) -> Tuple[List[str], torch.Tensor, to
     return kept, torch.tensor(sizes, dtype=torch.int64), torch.tensor(mtimes, dtype=torch.int64)
 
 
-def _matching(cached: Optional[Pool], model: Dict[str, str], path: Path, warn: bool = True) -> Optional[Pool]:
+def _matching(cached: Optional[Pool], model: dict[str, str], path: Path, warn: bool = True) -> Optional[Pool]:
     """``cached`` if made by the same metric (weights fingerprint and signature), else None."""
     if cached is None:
         return None
     for key in ("fingerprint", "signature"):
         if cached.model.get(key, "") != model.get(key, ""):
             if warn:
-                warnings.warn(f"pool cache {path} was made by another metric ({key} {cached.model.get(key)!r}, now "
-                              f"{model.get(key)!r}); its rows are embedded again", stacklevel=3)
+                warnings.warn(
+                    f"pool cache {path} was made by another metric ({key} {cached.model.get(key)!r}, now "
+                    f"{model.get(key)!r}); its rows are embedded again",
+                    stacklevel=3,
+                )
             return None
     return cached
 
 
-def _unchanged(main: Pool, names: List[str], sizes: torch.Tensor, mtimes: torch.Tensor) -> bool:
-    return (len(main) == len(names) and torch.equal(main.sizes, sizes) and torch.equal(main.mtimes_ns, mtimes)
-            and main.files == names)
+def _unchanged(main: Pool, names: list[str], sizes: torch.Tensor, mtimes: torch.Tensor) -> bool:
+    return (
+        len(main) == len(names)
+        and torch.equal(main.sizes, sizes)
+        and torch.equal(main.mtimes_ns, mtimes)
+        and main.files == names
+    )
 
 
-def _reuse(root: Path, names: List[str], sizes: torch.Tensor, mtimes: torch.Tensor, sources: Sequence[Pool],
-           model: Dict[str, str], dtype: Optional[torch.dtype]) -> Tuple[Pool, List[int]]:
+def _reuse(
+    root: Path,
+    names: list[str],
+    sizes: torch.Tensor,
+    mtimes: torch.Tensor,
+    sources: Sequence[Pool],
+    model: dict[str, str],
+    dtype: Optional[torch.dtype],
+) -> tuple[Pool, list[int]]:
     """A pool of ``names`` filled from cached rows whose file size and mtime still match
     (later sources win), and the rows left to embed."""
     n = len(names)
     dim = next((s.embeddings.shape[1] for s in sources if len(s)), 0)
     dtype = dtype or next((s.embeddings.dtype for s in sources if len(s)), torch.float32)
-    errors: Dict[str, str] = {}
-    pool = Pool(root=root, files=names, embeddings=torch.full((n, dim), float("nan"), dtype=dtype),
-                boxes=torch.full((n, 4), float("nan")), sizes=sizes, mtimes_ns=mtimes,
-                digests=torch.zeros(n, dtype=torch.int64), errors=errors, model=dict(model))
-    index: Dict[str, Tuple[int, int]] = {}
+    errors: dict[str, str] = {}
+    pool = Pool(
+        root=root,
+        files=names,
+        embeddings=torch.full((n, dim), float("nan"), dtype=dtype),
+        boxes=torch.full((n, 4), float("nan")),
+        sizes=sizes,
+        mtimes_ns=mtimes,
+        digests=torch.zeros(n, dtype=torch.int64),
+        errors=errors,
+        model=dict(model),
+    )
+    index: dict[str, tuple[int, int]] = {}
     for s, src in enumerate(sources):
         index.update((name, (s, row)) for row, name in enumerate(src.files))
     hits = [index.get(name, (-1, -1)) for name in names]
@@ -334,13 +362,13 @@ def _reuse(root: Path, names: List[str], sizes: torch.Tensor, mtimes: torch.Tens
     return pool, (~fresh).nonzero().flatten().tolist()
 
 
-def _chunks(todo: List[int], save_every: int, save_seconds: float) -> Iterator[List[int]]:
+def _chunks(todo: list[int], save_every: int, save_seconds: float) -> Iterator[list[int]]:
     """Consecutive pieces of ``todo``: at most ``save_every`` rows, sized from the rate measured
     so far (time between yields) to take at most ``save_seconds`` each."""
     start, size = 0, max(1, min(save_every, _FIRST_CHUNK))
     while start < len(todo):
         began = _clock()
-        yield todo[start:start + size]
+        yield todo[start : start + size]
         start += size
         rate = size / max(_clock() - began, 1e-6)
         size = max(1, min(save_every, int(rate * save_seconds * 0.8)))
@@ -354,16 +382,20 @@ def _accepts_progress(embedder: Embedder) -> bool:
     return any(p.name == "progress" or p.kind is p.VAR_KEYWORD for p in params)
 
 
-def _fill(pool: Pool, rows: List[int], batch: EmbedBatch) -> None:
+def _fill(pool: Pool, rows: list[int], batch: EmbedBatch) -> None:
     """Put an embedder's answer for ``rows`` into ``pool`` (and each file's content hash)."""
     if batch.embeddings.dim() != 2 or batch.embeddings.shape[0] != len(rows) or batch.boxes.shape != (len(rows), 4):
-        raise ValueError(f"the embedder returned embeddings {tuple(batch.embeddings.shape)} and boxes "
-                         f"{tuple(batch.boxes.shape)} for {len(rows)} files; expected (M, D) and (M, 4)")
+        raise ValueError(
+            f"the embedder returned embeddings {tuple(batch.embeddings.shape)} and boxes "
+            f"{tuple(batch.boxes.shape)} for {len(rows)} files; expected (M, D) and (M, 4)"
+        )
     index = torch.tensor(rows, dtype=torch.long)
     if pool.embeddings.shape[1] != batch.embeddings.shape[1]:
         if pool.ok.any():
-            raise ValueError(f"the embedder gives {batch.embeddings.shape[1]}-d embeddings, the cache holds "
-                             f"{pool.embeddings.shape[1]}-d ones")
+            raise ValueError(
+                f"the embedder gives {batch.embeddings.shape[1]}-d embeddings, the cache holds "
+                f"{pool.embeddings.shape[1]}-d ones"
+            )
         pool.embeddings = torch.full((len(pool), batch.embeddings.shape[1]), float("nan"), dtype=pool.embeddings.dtype)
     emb = batch.embeddings.to(pool.embeddings.dtype)
     for i in batch.errors:
@@ -379,14 +411,22 @@ def _fill(pool: Pool, rows: List[int], batch: EmbedBatch) -> None:
     pool.errors = errors
 
 
-def _embed(pool: Pool, todo: List[int], embedder: Embedder, save_to: Optional[Path], save_every: int,
-           save_seconds: float, progress: bool) -> None:
+def _embed(
+    pool: Pool,
+    todo: list[int],
+    embedder: Embedder,
+    save_to: Optional[Path],
+    save_every: int,
+    save_seconds: float,
+    progress: bool,
+) -> None:
     """Embed the rows ``todo`` chunk by chunk, writing each chunk as a part of ``save_to``."""
     from tqdm.auto import tqdm
 
     takes_progress = _accepts_progress(embedder)
-    with tqdm(total=len(todo), unit="img", desc=f"embed pool ({pool.model.get('model')})",
-              disable=not (progress and todo)) as bar:
+    with tqdm(
+        total=len(todo), unit="img", desc=f"embed pool ({pool.model.get('model')})", disable=not (progress and todo)
+    ) as bar:
         for rows in _chunks(todo, save_every, save_seconds):
             paths = [str(pool.root / pool.files[r]) for r in rows]
             batch = cast(Any, embedder)(paths, progress=bar.update) if takes_progress else embedder(paths)
@@ -407,15 +447,25 @@ def _concat(pools: Sequence[Pool]) -> Pool:
     def cat(attr: str) -> torch.Tensor:
         return torch.cat([getattr(p, attr).to(getattr(first, attr).dtype) for p in pools])[order]
 
-    errors: Dict[str, str] = {}
+    errors: dict[str, str] = {}
     for p in pools:
         errors.update(p.errors)
-    return Pool(root=first.root, files=[names[i] for i in order.tolist()], embeddings=cat("embeddings"),
-                boxes=cat("boxes"), sizes=cat("sizes"), mtimes_ns=cat("mtimes_ns"), digests=cat("digests"),
-                errors=errors, model=dict(first.model), skipped=dict(first.skipped), embedded=first.embedded)
+    return Pool(
+        root=first.root,
+        files=[names[i] for i in order.tolist()],
+        embeddings=cat("embeddings"),
+        boxes=cat("boxes"),
+        sizes=cat("sizes"),
+        mtimes_ns=cat("mtimes_ns"),
+        digests=cat("digests"),
+        errors=errors,
+        model=dict(first.model),
+        skipped=dict(first.skipped),
+        embedded=first.embedded,
+    )
 
 
-def _consolidate(path: Path, pool: Pool, model: Dict[str, str]) -> None:
+def _consolidate(path: Path, pool: Pool, model: dict[str, str]) -> None:
     """Under the cache's lock: fold the cache file, every saved part and ``pool`` into the cache
     file and delete the parts. Rows of files ``pool`` does not list (another process's newer
     listing, another subset) are kept while their file is unchanged."""
@@ -445,10 +495,10 @@ def update_pool(
     root: PathLike,
     embedder: Embedder,
     *,
-    model: Optional[Dict[str, str]] = None,
-    cache_dir: Union[PathLike, None, bool] = None,
+    model: Optional[dict[str, str]] = None,
+    cache_dir: Union[PathLike, bool, None] = None,
     files: Optional[Sequence[str]] = None,
-    shard: Optional[Tuple[int, int]] = None,
+    shard: Optional[tuple[int, int]] = None,
     extra: Sequence[Path] = (),
     rebuild: bool = False,
     dtype: Optional[torch.dtype] = None,
@@ -497,16 +547,27 @@ def update_pool(
         entries = [(name, None) for name in sorted(set(files))]
     names, skipped = classify(entries)
     if shard is not None:  # images split evenly; the first shard reports the files not embedded
-        names, skipped = names[shard[0]::shard[1]], (skipped if shard[0] == 0 else {})
+        names, skipped = names[shard[0] :: shard[1]], (skipped if shard[0] == 0 else {})
     names, sizes, mtimes = _stat(root, names)
     writable = path is not None and _writable(path.parent)
 
     parts = [] if path is None or rebuild else _part_files(path)
     main = None if rebuild or path is None else _matching(read_cache(path, root), model, path)
-    sources = [c for c in [main, *(_matching(read_cache(p, root), model, p) for p in extra),
-                           *(_matching(read_cache(p, root), model, p, warn=False) for p in parts)] if c is not None]
-    if main is not None and sources == [main] and (dtype is None or dtype == main.embeddings.dtype) \
-            and _unchanged(main, names, sizes, mtimes):
+    sources = [
+        c
+        for c in [
+            main,
+            *(_matching(read_cache(p, root), model, p) for p in extra),
+            *(_matching(read_cache(p, root), model, p, warn=False) for p in parts),
+        ]
+        if c is not None
+    ]
+    if (
+        main is not None
+        and sources == [main]
+        and (dtype is None or dtype == main.embeddings.dtype)
+        and _unchanged(main, names, sizes, mtimes)
+    ):
         main.skipped = skipped
         return main
 
@@ -522,7 +583,7 @@ def merge_shards(
     root: PathLike,
     embedder: Embedder,
     *,
-    model: Optional[Dict[str, str]] = None,
+    model: Optional[dict[str, str]] = None,
     cache_dir: Union[PathLike, None] = None,
     keep_shards: bool = False,
     **kwargs,
@@ -538,8 +599,10 @@ def merge_shards(
         warnings.warn(f"no shard files for model {model['model']!r} in {cache_dir}; nothing to merge", stacklevel=2)
     counts = {n for _, n in shards}
     if len(counts) > 1:
-        raise ValueError(f"shards in {cache_dir} come from different splits (n = {sorted(counts)}); "
-                         "delete the stale ones and merge again")
+        raise ValueError(
+            f"shards in {cache_dir} come from different splits (n = {sorted(counts)}); "
+            "delete the stale ones and merge again"
+        )
     files = [f for p in shards.values() for f in [p, *_part_files(p)]]
     pool = update_pool(root, embedder, model=model, cache_dir=cache_dir, extra=files, **kwargs)
     if not keep_shards:
@@ -565,12 +628,15 @@ def open_pool(root: PathLike, model: str, cache_dir: Union[PathLike, None] = Non
         counts = {n for _, n in shards}
         if shards and (len(counts) > 1 or len(shards) != next(iter(counts))):
             have = ", ".join(f"{i}/{n}" for i, n in shards)
-            raise ValueError(f"shard caches in {cache_dir} are incomplete or mixed ({have}); run the missing "
-                             "shards (perface embed-pool --shard I/N) or merge them (perface embed-pool --merge)")
+            raise ValueError(
+                f"shard caches in {cache_dir} are incomplete or mixed ({have}); run the missing "
+                "shards (perface embed-pool --shard I/N) or merge them (perface embed-pool --merge)"
+            )
         candidates = list(shards.values())
     pools = [read_cache(p, root) for p in candidates]
     if not pools or any(p is None for p in pools):
-        raise FileNotFoundError(f"no usable pool cache of model {model!r} in {cache_dir}; fill it first with "
-                                f"perface embed-pool {root} --cache {cache_dir} (or rank without --no-update)")
+        raise FileNotFoundError(
+            f"no usable pool cache of model {model!r} in {cache_dir}; fill it first with "
+            f"perface embed-pool {root} --cache {cache_dir} (or rank without --no-update)"
+        )
     return PoolSet([p for p in pools if p is not None])
-

@@ -16,9 +16,10 @@ import csv
 import io
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Optional, Union
 
 import torch
 
@@ -31,8 +32,13 @@ __all__ = ["rank", "RankResult", "read_labels", "group_mask", "write_failures", 
 PathLike = Union[str, Path]
 
 #: What :meth:`RankResult.save` writes, by kind.
-OUTPUTS = {"csv": "ranking.csv", "failures": "failures.csv", "contact_sheet": "contact_sheet.png",
-           "histogram": "histogram.png", "summary": "summary.json"}
+OUTPUTS = {
+    "csv": "ranking.csv",
+    "failures": "failures.csv",
+    "contact_sheet": "contact_sheet.png",
+    "histogram": "histogram.png",
+    "summary": "summary.json",
+}
 
 
 @dataclass
@@ -57,32 +63,41 @@ class RankResult:
     target_box: torch.Tensor
     pool: PoolSet
     selection: Selection
-    rule: Dict[str, Any] = field(default_factory=dict)
+    rule: dict[str, Any] = field(default_factory=dict)
     model: str = ""
     signature: str = ""
-    excluded: List[str] = field(default_factory=list)
+    excluded: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.selection)
 
     @property
-    def files(self) -> List[str]:
+    def files(self) -> list[str]:
         """Chosen pool files (relative to the pool folder), best first."""
         return [self.pool.file(i) for i in self.selection.indices.tolist()]
 
     @property
-    def failures(self) -> Dict[str, str]:
+    def failures(self) -> dict[str, str]:
         """Every pool file without an embedding -> why (no face found, unreadable, not an image
         file, HEIC without its reader), sorted by name."""
         return self.pool.failures
 
-    def rows(self) -> List[Dict[str, object]]:
+    def rows(self) -> list[dict[str, object]]:
         """One dict per chosen face: rank (1-based), file, similarity, box x1/y1/x2/y2."""
         out = []
         for r, (i, s) in enumerate(zip(self.selection.indices.tolist(), self.selection.scores.tolist()), start=1):
             box = [float(v) for v in self.pool.box(i).tolist()]
-            out.append({"rank": r, "file": self.pool.file(i), "similarity": s,
-                        "x1": box[0], "y1": box[1], "x2": box[2], "y2": box[3]})
+            out.append(
+                {
+                    "rank": r,
+                    "file": self.pool.file(i),
+                    "similarity": s,
+                    "x1": box[0],
+                    "y1": box[1],
+                    "x2": box[2],
+                    "y2": box[3],
+                }
+            )
         return out
 
     def describe_rule(self) -> str:
@@ -101,25 +116,40 @@ class RankResult:
             parts.append("group " + ", ".join(self.rule["groups"]))
         return "; ".join(parts or ["all faces"]) + f"; model {self.model}"
 
-    def summary(self) -> Dict[str, Any]:
+    def summary(self) -> dict[str, Any]:
         """The run in numbers (what ``summary.json`` holds): signature, pool counts (files,
         faces, failures, embedded now, from the cache), the rule and what was chosen."""
         scores = self.selection.all_scores
         faces = int(torch.isfinite(scores).sum())
         failures = self.failures
-        return {"signature": self.signature, "model": self.model, "target": self.target,
-                "pool": str(self.pool.root), "files": len(self.pool) + sum(len(p.skipped) for p in self.pool.parts),
-                "faces": faces, "failed": len(failures), "embedded_now": self.pool.embedded,
-                "from_cache": len(self.pool) - self.pool.embedded,
-                "rule": {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.rule.items()},
-                "selected": len(self), "excluded_copies": list(self.excluded)}
+        return {
+            "signature": self.signature,
+            "model": self.model,
+            "target": self.target,
+            "pool": str(self.pool.root),
+            "files": len(self.pool) + sum(len(p.skipped) for p in self.pool.parts),
+            "faces": faces,
+            "failed": len(failures),
+            "embedded_now": self.pool.embedded,
+            "from_cache": len(self.pool) - self.pool.embedded,
+            "rule": {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.rule.items()},
+            "selected": len(self),
+            "excluded_copies": list(self.excluded),
+        }
 
     def write_csv(self, path: PathLike) -> Path:
         """CSV with columns rank, file, similarity, x1, y1, x2, y2, signature (box empty when
         unknown; the metric signature on every row, so that concatenated files keep it)."""
-        rows = [[row["rank"], row["file"], f"{row['similarity']:.6f}",
-                 *("" if v != v else f"{v:.1f}" for v in (row["x1"], row["y1"], row["x2"], row["y2"])),
-                 self.signature] for row in self.rows()]
+        rows = [
+            [
+                row["rank"],
+                row["file"],
+                f"{row['similarity']:.6f}",
+                *("" if v != v else f"{v:.1f}" for v in (row["x1"], row["y1"], row["x2"], row["y2"])),
+                self.signature,
+            ]
+            for row in self.rows()
+        ]
         return _write_csv(path, ["rank", "file", "similarity", "x1", "y1", "x2", "y2", "signature"], rows)
 
     def write_failures(self, path: PathLike) -> Path:
@@ -136,8 +166,9 @@ class RankResult:
 
         target = (_thumbnail(self.target_source, self.target_box, tile), f"target\n{Path(self.target).name}")
         tiles = []
-        for r, (i, s) in enumerate(zip(self.selection.indices[:max_faces].tolist(),
-                                       self.selection.scores[:max_faces].tolist()), start=1):
+        for r, (i, s) in enumerate(
+            zip(self.selection.indices[:max_faces].tolist(), self.selection.scores[:max_faces].tolist()), start=1
+        ):
             caption = f"#{r}  {s:.3f}\n{self.pool.file(i)}"
             tiles.append((_thumbnail(self.pool.path(i), self.pool.box(i), tile), caption))
         shown = f" (first {len(tiles)} of {len(self)})" if len(tiles) < len(self) else ""
@@ -147,11 +178,16 @@ class RankResult:
         """PNG histogram of all pool similarities, band and threshold marked, choices ticked."""
         from .plots import similarity_histogram
 
-        return similarity_histogram(self.selection.all_scores, path, band=self.rule.get("band"),
-                                    exclude_above=self.rule.get("exclude_identity"), chosen=self.selection.scores,
-                                    title=f"{Path(self.target).name}: {self.describe_rule()}")
+        return similarity_histogram(
+            self.selection.all_scores,
+            path,
+            band=self.rule.get("band"),
+            exclude_above=self.rule.get("exclude_identity"),
+            chosen=self.selection.scores,
+            title=f"{Path(self.target).name}: {self.describe_rule()}",
+        )
 
-    def save(self, out_dir: PathLike, *, max_faces: int = 24) -> Dict[str, Path]:
+    def save(self, out_dir: PathLike, *, max_faces: int = 24) -> dict[str, Path]:
         """Write ``ranking.csv``, ``failures.csv``, ``contact_sheet.png``, ``histogram.png`` and
         ``summary.json`` (see :data:`OUTPUTS`) into ``out_dir``; returns their paths by kind.
 
@@ -177,7 +213,7 @@ def _write_csv(path: PathLike, header: Sequence[str], rows: Sequence[Sequence[ob
     return Path(atomic_write_text(path, buffer.getvalue()))
 
 
-def write_failures(path: PathLike, failures: Dict[str, str]) -> Path:
+def write_failures(path: PathLike, failures: dict[str, str]) -> Path:
     """The failure report: a CSV with columns file, reason (written atomically)."""
     return _write_csv(path, ["file", "reason"], list(failures.items()))
 
@@ -202,7 +238,7 @@ def _thumbnail(src, box: torch.Tensor, tile: int):
     return im
 
 
-def read_labels(path: PathLike) -> Tuple[List[str], Dict[str, Dict[str, str]]]:
+def read_labels(path: PathLike) -> tuple[list[str], dict[str, dict[str, str]]]:
     """A labels CSV: a header row, a ``file`` column (else the first column) naming each photo
     (relative to the pool folder, or a bare file name) and one column per attribute.
     Returns (attribute columns, file -> {column: value})."""
@@ -212,12 +248,15 @@ def read_labels(path: PathLike) -> Tuple[List[str], Dict[str, Dict[str, str]]]:
         if not reader.fieldnames:
             raise ValueError(f"labels file {path} is empty; it needs a header row like 'file,gender,age'")
         key = "file" if "file" in reader.fieldnames else reader.fieldnames[0]
-        table = {row[key].strip().replace("\\", "/"): {k: (v or "").strip() for k, v in row.items() if k != key}
-                 for row in reader if row.get(key)}
+        table = {
+            row[key].strip().replace("\\", "/"): {k: (v or "").strip() for k, v in row.items() if k != key}
+            for row in reader
+            if row.get(key)
+        }
     return [c for c in reader.fieldnames if c != key], table
 
 
-def _lookup(table: Dict[str, Dict[str, str]], name: str) -> Optional[Dict[str, str]]:
+def _lookup(table: dict[str, dict[str, str]], name: str) -> Optional[dict[str, str]]:
     return table.get(name) or table.get(name.rsplit("/", 1)[-1])
 
 
@@ -226,7 +265,7 @@ def group_mask(
     labels: PathLike,
     groups: Sequence[str],
     target_name: Optional[str] = None,
-) -> Tuple[torch.Tensor, List[str]]:
+) -> tuple[torch.Tensor, list[str]]:
     """(N,) bool mask of pool ``files`` inside every group, and the groups spelled out.
 
     Each group is ``COLUMN=VALUE`` (keep photos whose label equals VALUE) or ``COLUMN`` (keep
@@ -243,8 +282,10 @@ def group_mask(
         if not sep:
             row = _lookup(table, target_name.replace("\\", "/")) if target_name else None
             if row is None:
-                raise ValueError(f"group {group!r}: the target {target_name!r} has no row in {labels}; "
-                                 f"name the value instead, e.g. {column}=VALUE")
+                raise ValueError(
+                    f"group {group!r}: the target {target_name!r} has no row in {labels}; "
+                    f"name the value instead, e.g. {column}=VALUE"
+                )
             value = row[column]
         resolved.append((column, value.strip()))
     keep = []
@@ -275,8 +316,18 @@ def _pool_set(pool, embedder: Callable[[], Any], model, cache, update: bool, reb
     if not paths:
         raise ValueError("the pool is empty: pass a folder of photos or a list of image paths")
     root = Path(os.path.commonpath([str(p.parent) for p in paths]))
-    return PoolSet([update_pool(root, embedder(), files=[p.relative_to(root).as_posix() for p in paths],
-                                cache_dir=False if cache is None else cache, rebuild=rebuild, **update_args)])
+    return PoolSet(
+        [
+            update_pool(
+                root,
+                embedder(),
+                files=[p.relative_to(root).as_posix() for p in paths],
+                cache_dir=False if cache is None else cache,
+                rebuild=rebuild,
+                **update_args,
+            )
+        ]
+    )
 
 
 def _model_name(model, embedder: Callable[[], Any]) -> str:
@@ -291,7 +342,7 @@ def _model_name(model, embedder: Callable[[], Any]) -> str:
     return embedder().metric.name
 
 
-def _copies(target: Path, pool: PoolSet, keep_copies: bool) -> List[int]:
+def _copies(target: Path, pool: PoolSet, keep_copies: bool) -> list[int]:
     """Rows of the target's own file and, unless ``keep_copies``, of every pool file with the
     same bytes (copies, links): found by the cached content hash, confirmed on the file."""
     from ..hub import sha256_file
@@ -319,7 +370,7 @@ def rank(
     target: Any,
     pool: Any,
     *,
-    band: Optional[Tuple[float, float]] = None,
+    band: Optional[tuple[float, float]] = None,
     top: Optional[int] = None,
     bottom: Optional[int] = None,
     exclude_identity: Optional[float] = None,
@@ -327,7 +378,7 @@ def rank(
     labels: Optional[PathLike] = None,
     group: Union[str, Sequence[str], None] = None,
     model: Any = "sface",
-    cache: Union[PathLike, None, bool] = None,
+    cache: Union[PathLike, bool, None] = None,
     update: bool = True,
     rebuild: bool = False,
     dtype: Optional[torch.dtype] = None,
@@ -391,12 +442,13 @@ def rank(
         raise ValueError("group= needs labels= (a CSV of file name and attribute columns)")
     if rebuild and not update:
         raise ValueError("rebuild=True re-embeds the pool; it cannot go with update=False")
-    made: List[PhotoEmbedder] = []
+    made: list[PhotoEmbedder] = []
 
     def embedder() -> PhotoEmbedder:
         if not made:
-            made.append(PhotoEmbedder(model, batch_size=batch_size, num_workers=num_workers, progress=False,
-                                      device=device))
+            made.append(
+                PhotoEmbedder(model, batch_size=batch_size, num_workers=num_workers, progress=False, device=device)
+            )
         return made[0]
 
     target_path = Path(target) if isinstance(target, (str, os.PathLike)) else None
@@ -407,24 +459,30 @@ def rank(
     else:
         from ..embedding import embed
 
-        got = embed([target_path if target_path is not None else target], embedder().metric, on_error="raise",
-                    progress=False)
+        got = embed(
+            [target_path if target_path is not None else target], embedder().metric, on_error="raise", progress=False
+        )
         target_emb, target_box, target_signature = got.embeddings[0], got.boxes[0], embedder().key["signature"]
     # after the target: fail fast on a bad one
-    the_pool = _pool_set(pool, embedder, model, cache, update, rebuild, dtype=dtype, progress=progress,
-                         save_every=save_every)
+    the_pool = _pool_set(
+        pool, embedder, model, cache, update, rebuild, dtype=dtype, progress=progress, save_every=save_every
+    )
     if not len(the_pool):
         skipped = sum(len(p.skipped) for p in the_pool.parts)
-        raise ValueError(f"the pool {the_pool.root} holds no image files ({skipped} other files); pass a folder "
-                         "of photos (.jpg, .png, .webp, ...)")
+        raise ValueError(
+            f"the pool {the_pool.root} holds no image files ({skipped} other files); pass a folder "
+            "of photos (.jpg, .png, .webp, ...)"
+        )
     signature = the_pool.model.get("signature", "")
     if target_signature is not None and signature != target_signature:
-        raise ValueError(f"the pool was embedded by another metric ({signature}) than the target ({target_signature}); "
-                         "similarities would not be comparable: update the pool (rank without update=False / "
-                         "--no-update, or perface embed-pool)")
+        raise ValueError(
+            f"the pool was embedded by another metric ({signature}) than the target ({target_signature}); "
+            "similarities would not be comparable: update the pool (rank without update=False / "
+            "--no-update, or perface embed-pool)"
+        )
 
     mask = None
-    groups: List[str] = []
+    groups: list[str] = []
     if group and labels is not None:
         rel = None
         if target_path is not None:
@@ -439,11 +497,32 @@ def rank(
         mask = torch.ones(len(the_pool), dtype=torch.bool) if mask is None else mask
         mask[excluded] = False
 
-    selection = search(target_emb, the_pool.embeddings, band=band, top=top, bottom=bottom,
-                       exclude_above=exclude_identity, mask=mask, chunk_size=chunk_size)
-    rule = {"band": band, "top": top, "bottom": bottom, "exclude_identity": exclude_identity,
-            "keep_copies": keep_copies, "groups": groups}
-    return RankResult(target=target_name, target_source=target_path if target_path is not None else target,
-                      target_box=target_box, pool=the_pool, selection=selection, rule=rule,
-                      model=the_pool.model.get("model", ""), signature=signature,
-                      excluded=[the_pool.file(i) for i in excluded])
+    selection = search(
+        target_emb,
+        the_pool.embeddings,
+        band=band,
+        top=top,
+        bottom=bottom,
+        exclude_above=exclude_identity,
+        mask=mask,
+        chunk_size=chunk_size,
+    )
+    rule = {
+        "band": band,
+        "top": top,
+        "bottom": bottom,
+        "exclude_identity": exclude_identity,
+        "keep_copies": keep_copies,
+        "groups": groups,
+    }
+    return RankResult(
+        target=target_name,
+        target_source=target_path if target_path is not None else target,
+        target_box=target_box,
+        pool=the_pool,
+        selection=selection,
+        rule=rule,
+        model=the_pool.model.get("model", ""),
+        signature=signature,
+        excluded=[the_pool.file(i) for i in excluded],
+    )

@@ -11,8 +11,9 @@ from __future__ import annotations
 import importlib.util
 import os
 import stat
+from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Optional, Union
 
 from ..imageio import IMAGE_SUFFIXES
 
@@ -23,14 +24,14 @@ HEIF_SUFFIXES = frozenset({".heic", ".heif", ".hif"})  # iPhone photos; read thr
 PathLike = Union[str, os.PathLike]
 
 
-def walk_pool(root: Path, exclude: Sequence[Path]) -> List[Tuple[str, Optional[str]]]:
+def walk_pool(root: Path, exclude: Sequence[Path]) -> list[tuple[str, Optional[str]]]:
     """(relative name, problem) of every non-hidden entry below ``root``, sorted; the problem
     is None for a regular file (or a link to one). Links to folders are followed once."""
     if not root.is_dir():
         raise NotADirectoryError(f"pool folder {root} does not exist or is not a folder; pass a folder of photos")
     excluded = {os.path.realpath(p) for p in exclude}
     seen = set()
-    found: List[Tuple[str, Optional[str]]] = []
+    found: list[tuple[str, Optional[str]]] = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         real = os.path.realpath(dirpath)
         if real in seen or real in excluded:
@@ -68,7 +69,7 @@ def _skip_reason(name: str) -> Optional[str]:
     return None
 
 
-def classify(entries: Sequence[Tuple[str, Optional[str]]]) -> Tuple[List[str], Dict[str, str]]:
+def classify(entries: Sequence[tuple[str, Optional[str]]]) -> tuple[list[str], dict[str, str]]:
     names, skipped = [], {}
     for name, problem in entries:
         reason = problem or _skip_reason(name)
@@ -79,7 +80,7 @@ def classify(entries: Sequence[Tuple[str, Optional[str]]]) -> Tuple[List[str], D
     return names, skipped
 
 
-def scan_pool(root: PathLike, *, exclude: Sequence[PathLike] = ()) -> Tuple[List[str], Dict[str, str]]:
+def scan_pool(root: PathLike, *, exclude: Sequence[PathLike] = ()) -> tuple[list[str], dict[str, str]]:
     """Every file under ``root`` (recursive), sorted relative POSIX paths, split into image
     files to embed and skipped files -> reason (not an image file, HEIC without pillow-heif,
     broken link). Hidden files and folders (names starting with ``.``) and the ``exclude``

@@ -22,8 +22,9 @@ which is never built.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -71,7 +72,7 @@ def _target_vector(target: torch.Tensor, dim: int) -> torch.Tensor:
     return F.normalize(target, dim=0)
 
 
-def _check_pool(embeddings: Embeddings) -> Tuple[List[torch.Tensor], int, int]:
+def _check_pool(embeddings: Embeddings) -> tuple[list[torch.Tensor], int, int]:
     """The pool as a list of parts, its total row count and its embedding size."""
     parts = [embeddings] if isinstance(embeddings, torch.Tensor) else list(embeddings)
     if not parts:
@@ -87,12 +88,12 @@ def _check_pool(embeddings: Embeddings) -> Tuple[List[torch.Tensor], int, int]:
     return parts, sum(part.shape[0] for part in parts), parts[0].shape[1]
 
 
-def _row_chunks(parts: List[torch.Tensor], chunk_size: int) -> Iterator[Tuple[int, torch.Tensor]]:
+def _row_chunks(parts: list[torch.Tensor], chunk_size: int) -> Iterator[tuple[int, torch.Tensor]]:
     """(global row offset, rows) of at most ``chunk_size`` rows, part after part."""
     offset = 0
     for part in parts:
         for start in range(0, part.shape[0], chunk_size):
-            yield offset + start, part[start:start + chunk_size]
+            yield offset + start, part[start : start + chunk_size]
         offset += part.shape[0]
 
 
@@ -126,7 +127,7 @@ def cosine_scores(
     q = _target_vector(target, d).to(parts[0].device)
     scores = _score_buffer(out, n, q.device)
     for start, rows in _row_chunks(parts, max(1, int(chunk_size))):
-        _chunk_dot(rows, q, scores[start:start + rows.shape[0]])
+        _chunk_dot(rows, q, scores[start : start + rows.shape[0]])
     return scores
 
 
@@ -138,7 +139,7 @@ def _score_buffer(out: Optional[torch.Tensor], n: int, device: torch.device) -> 
     return out
 
 
-def _check_selection(band, top, bottom, exclude_above, mask, n) -> Tuple[Optional[int], bool]:
+def _check_selection(band, top, bottom, exclude_above, mask, n) -> tuple[Optional[int], bool]:
     if top is not None and bottom is not None:
         raise ValueError("give at most one of top= and bottom= (the k most or the k least similar)")
     k = top if top is not None else bottom
@@ -159,7 +160,7 @@ def search(
     target: torch.Tensor,
     embeddings: Embeddings,
     *,
-    band: Optional[Tuple[float, float]] = None,
+    band: Optional[tuple[float, float]] = None,
     top: Optional[int] = None,
     bottom: Optional[int] = None,
     exclude_above: Optional[float] = None,
@@ -208,8 +209,9 @@ def search(
         stop = start + rows.shape[0]
         chunk = scores[start:stop]
         _chunk_dot(rows, q, chunk)
-        idx, key = _chunk_candidates(chunk, start, k, largest, band, exclude_above,
-                                     None if mask is None else mask[start:stop].to(q.device))
+        idx, key = _chunk_candidates(
+            chunk, start, k, largest, band, exclude_above, None if mask is None else mask[start:stop].to(q.device)
+        )
         if k is None:
             parts_idx.append(idx)
             parts_key.append(key)
@@ -227,10 +229,10 @@ def _chunk_candidates(
     offset: int,
     k: Optional[int],
     largest: bool,
-    band: Optional[Tuple[float, float]],
+    band: Optional[tuple[float, float]],
     exclude_above: Optional[float],
     mask: Optional[torch.Tensor],
-) -> Tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Rows of this chunk that can still make the final list: (global indices ascending, sort keys).
 
     Written for few passes over the chunk: each elementwise op is a parallel region, and on a
@@ -253,7 +255,7 @@ def _chunk_candidates(
     return local + offset, key[local]
 
 
-def _best(idx: torch.Tensor, key: torch.Tensor, k: Optional[int]) -> Tuple[torch.Tensor, torch.Tensor]:
+def _best(idx: torch.Tensor, key: torch.Tensor, k: Optional[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Sort candidates (given in ascending index order) by key descending, stable; keep k."""
     order = torch.sort(key, descending=True, stable=True).indices
     if k is not None:

@@ -13,7 +13,7 @@ import argparse
 import dataclasses
 import json
 import sys
-from typing import Any, Dict, List, Optional
+from typing import Any, Optional
 
 from ..commands import add_quiet, make_parser, run_command
 from .config import CHOICES, RECIPES, TrainConfig
@@ -25,23 +25,23 @@ def _recipe(key: str) -> str:
     return "; ".join(f"{name} recipe: {values[key]}" for name, values in RECIPES.items())
 
 
-_HELP: Dict[str, str] = {
+_HELP: dict[str, str] = {
     "data": "SimCelebA-format folder (t####_{a,b,c}.jpg + triplet_answers.csv) or a triplet CSV file "
-            "(see docs/training.md)",
+    "(see docs/training.md)",
     "out": "output folder: the best checkpoint (loads with PerFace.from_pretrained), model card README.md, "
-           "last.pt, log.jsonl, summary.json, split.json, training_curve.png",
+    "last.pt, log.jsonl, summary.json, split.json, training_curve.png",
     "recipe": "default: for small sets of your own judgments; paper: the PerFace paper's SimCelebA setting "
-              "(see docs/reproducing.md); sets --bn, --epochs and --patience unless given",
+    "(see docs/reproducing.md); sets --bn, --epochs and --patience unless given",
     "answers": "answers CSV of a SimCelebA-format folder (default: DATA/triplet_answers.csv)",
     "images": "triplet CSV only: photos (faces detected and aligned; the default) or crops",
     "crop_template": "triplet CSV of crops: the template they are aligned to (arcface, simceleba, ffhq)",
     "missing_list": "write every missing, empty, unreadable or faceless image to this CSV "
-                    "(path, problem, triplets); the terminal shows counts and the first few",
+    "(path, problem, triplets); the terminal shows counts and the first few",
     "init": "where training starts: a registry name (arcface-r50-ms1mv3 = the paper's, sface = compact, "
-            "Apache-2.0) or a checkpoint folder",
+    "Apache-2.0) or a checkpoint folder",
     "name": "name of the trained checkpoint (default: perface-<init>)",
     "license": "license of the trained weights for the model card (default: the initialization's; add the "
-               "training data's terms, e.g. CelebA's non-commercial research terms for SimCelebA)",
+    "training data's terms, e.g. CelebA's non-commercial research terms for SimCelebA)",
     "split": "random, unseen ([i]), seen-source ([ii]), seen-target ([iii]) or a split .json file",
     "val_fraction": "random split: fraction of triplets for validation",
     "test_fraction": "random split: fraction of triplets for test",
@@ -50,7 +50,7 @@ _HELP: Dict[str, str] = {
     "layout": "grid protocols: target-major (id = target x 80 + source group) or source-major",
     "grid": "grid protocols: side of the (target, source group) grid",
     "min_val": "unanimous validation triplets wanted to choose the best epoch; a smaller validation part is "
-               "topped up with training triplets (at most 20%% of them)",
+    "topped up with training triplets (at most 20%% of them)",
     "train_set": "unanimous (D2, the paper's) or all (D1, majority answer)",
     "epochs": "maximum epochs (" + _recipe("epochs") + ")",
     "batch_size": "triplets per optimizer step (per process)",
@@ -60,10 +60,11 @@ _HELP: Dict[str, str] = {
     "margin": "triplet loss margin: max(0, cos(x, x-) - cos(x, x+) + margin)",
     "lr_schedule": "constant or cosine (annealed over --epochs)",
     "hflip": "probability of mirroring a whole triplet (augmentation)",
-    "bn": "train: BatchNorm statistics follow the training batches; frozen: keep the initialization's (" +
-          _recipe("bn") + ")",
+    "bn": "train: BatchNorm statistics follow the training batches; frozen: keep the initialization's ("
+    + _recipe("bn")
+    + ")",
     "align": "none: learn on the crops as they are (the checkpoint keeps the data's template); convert: warp "
-             "crops to the initialization's template first",
+    "crops to the initialization's template first",
     "patience": "stop after this many epochs without validation gain, 0 = never (" + _recipe("patience") + ")",
     "seed": "seed of the split, the shuffling and the augmentation",
     "workers": "processes decoding the images (once, before the first epoch); 0 = in this process",
@@ -85,39 +86,53 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         if f.name == "progress":
             continue
         if f.name == "resume":
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=True,
-                                help="continue from OUT/last.pt when it exists (default: yes); --no-resume starts over")
+            parser.add_argument(
+                flag,
+                action=argparse.BooleanOptionalAction,
+                default=True,
+                help="continue from OUT/last.pt when it exists (default: yes); --no-resume starts over",
+            )
             continue
         if f.name == "compile":
             parser.add_argument(flag, action="store_true", help=_HELP[f.name])
             continue
         required = f.default is dataclasses.MISSING
         kind = _TYPES[str(f.type).replace("Optional[", "").rstrip("]")]
-        parser.add_argument(flag, dest=f.name, type=kind, required=required, choices=CHOICES.get(f.name),
-                            default=None if required else f.default, help=_HELP[f.name],
-                            metavar=None if f.name in CHOICES else f.name.upper())
+        parser.add_argument(
+            flag,
+            dest=f.name,
+            type=kind,
+            required=required,
+            choices=CHOICES.get(f.name),
+            default=None if required else f.default,
+            help=_HELP[f.name],
+            metavar=None if f.name in CHOICES else f.name.upper(),
+        )
     add_quiet(parser)
     parser.add_argument("--json", action="store_true", help="print the training summary as JSON instead of text")
 
 
-def _report(summary: Dict[str, Any]) -> str:
+def _report(summary: dict[str, Any]) -> str:
     scores = summary["scores"]
 
     def acc(key: str) -> str:
         e = scores.get(key)
         return "-" if e is None else f"{e['mean']:.3f} [{e['ci_low']:.3f}, {e['ci_high']:.3f}] (n={e['n']})"
 
-    return "\n".join([
-        f"{summary['name']} written to {summary['out']}",
-        f"  signature:  {summary['signature']}",
-        f"  outcome:    {summary['outcome']}",
-        "  triplet accuracy on unanimous test triplets, 95% CI:",
-        f"    trained:        {acc('triplet_accuracy_test')}",
-        f"    initialization: {acc('triplet_accuracy_init_test')}",
-        f"  speed: {summary['train_triplets_per_s']} triplets/s in training steps, {summary['epoch_triplets_per_s']} "
-        f"with validation; {summary['wall_seconds']} s in all on {summary['device']}",
-        f"  model card: {summary['out']}/README.md; everything: {summary['out']}/summary.json",
-    ])
+    return "\n".join(
+        [
+            f"{summary['name']} written to {summary['out']}",
+            f"  signature:  {summary['signature']}",
+            f"  outcome:    {summary['outcome']}",
+            "  triplet accuracy on unanimous test triplets, 95% CI:",
+            f"    trained:        {acc('triplet_accuracy_test')}",
+            f"    initialization: {acc('triplet_accuracy_init_test')}",
+            f"  speed: {summary['train_triplets_per_s']} triplets/s in training steps, "
+            f"{summary['epoch_triplets_per_s']} with validation; "
+            f"{summary['wall_seconds']} s in all on {summary['device']}",
+            f"  model card: {summary['out']}/README.md; everything: {summary['out']}/summary.json",
+        ]
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -138,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: Optional[list[str]] = None) -> int:
     """Entry point of ``python -m perface.train``; returns the exit status."""
     return run_command(PROG, build_parser(), run, sys.argv[1:] if argv is None else argv)
 

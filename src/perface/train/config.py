@@ -9,13 +9,20 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, Optional
+from typing import Any, Optional
 
 __all__ = ["TrainConfig", "CHOICES", "RECIPES"]
 
-CHOICES = {"recipe": ("default", "paper"), "train_set": ("unanimous", "all"), "lr_schedule": ("constant", "cosine"),
-           "bn": ("train", "frozen"), "align": ("none", "convert"), "amp": ("auto", "off", "bf16", "fp16"),
-           "layout": ("target-major", "source-major"), "images": ("photos", "crops")}
+CHOICES = {
+    "recipe": ("default", "paper"),
+    "train_set": ("unanimous", "all"),
+    "lr_schedule": ("constant", "cosine"),
+    "bn": ("train", "frozen"),
+    "align": ("none", "convert"),
+    "amp": ("auto", "off", "bf16", "fp16"),
+    "layout": ("target-major", "source-major"),
+    "images": ("photos", "crops"),
+}
 
 # What the recipes set (every other knob is shared). The paper (Kumagai et al., ICIP 2025) states
 # the loss, SGD lr 0.01 / momentum 0.9 / weight decay 5e-4, batch 32 and training all layers;
@@ -23,7 +30,7 @@ CHOICES = {"recipe": ("default", "paper"), "train_set": ("unanimous", "all"), "l
 # "default": BatchNorm keeps the initialization's statistics (batches of a few people would
 # otherwise re-centre the features on them), a fixed budget of epochs with the best one chosen
 # on validation; measured in docs/training.md ("Measured here").
-RECIPES: Dict[str, Dict[str, Any]] = {
+RECIPES: dict[str, dict[str, Any]] = {
     "default": {"bn": "frozen", "epochs": 12, "patience": 0},
     "paper": {"bn": "train", "epochs": 30, "patience": 5},
 }
@@ -80,10 +87,10 @@ class TrainConfig:
     progress: bool = True
     log_every: int = 10
 
-    def to_dict(self) -> Dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def resolved(self) -> "TrainConfig":
+    def resolved(self) -> TrainConfig:
         """A copy with every knob left at ``None`` set from :data:`RECIPES` [``recipe``]."""
         if self.recipe not in RECIPES:
             raise ValueError(f"recipe must be one of {tuple(RECIPES)}, got {self.recipe!r}")

@@ -22,9 +22,10 @@ import csv
 import hashlib
 import re
 import warnings
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Optional, Union
 
 __all__ = [
     "Triplet",
@@ -54,7 +55,7 @@ class Triplet:
     reference: Path
     a: Path
     b: Path
-    answers: Tuple[str, ...]
+    answers: tuple[str, ...]
 
     @property
     def votes_a(self) -> int:
@@ -82,7 +83,7 @@ class Triplet:
         return self.b if self.positive == self.a else self.a
 
     @property
-    def paths(self) -> Tuple[Path, Path, Path]:
+    def paths(self) -> tuple[Path, Path, Path]:
         return (self.reference, self.a, self.b)
 
 
@@ -96,31 +97,31 @@ class TripletSet:
     images as ``(path, problem)``, e.g. ``"missing"``, ``"empty"``, ``"not an image"``, ``"no face"``.
     """
 
-    triplets: Tuple[Triplet, ...]
+    triplets: tuple[Triplet, ...]
     images: str
     template: Optional[str]
     source: str
     sha256: str
-    skipped: Tuple[str, ...] = field(default=())
-    unreadable: Tuple[Tuple[Path, str], ...] = field(default=())
+    skipped: tuple[str, ...] = field(default=())
+    unreadable: tuple[tuple[Path, str], ...] = field(default=())
 
     def __len__(self) -> int:
         return len(self.triplets)
 
     @property
-    def ids(self) -> List[str]:
+    def ids(self) -> list[str]:
         return [t.id for t in self.triplets]
 
-    def subset(self, ids: Iterable[str]) -> "TripletSet":
+    def subset(self, ids: Iterable[str]) -> TripletSet:
         """The triplets whose id is in ``ids``, in this set's order."""
         keep = set(ids)
         return replace(self, triplets=tuple(t for t in self.triplets if t.id in keep))
 
-    def majority_only(self) -> "TripletSet":
+    def majority_only(self) -> TripletSet:
         """D1: every triplet with a majority answer (ties dropped)."""
         return replace(self, triplets=tuple(t for t in self.triplets if t.majority is not None))
 
-    def unanimous_only(self) -> "TripletSet":
+    def unanimous_only(self) -> TripletSet:
         """D2: the triplets every annotator answered alike (the paper's consistent triplets)."""
         return replace(self, triplets=tuple(t for t in self.triplets if t.unanimous))
 
@@ -138,7 +139,7 @@ def _answer(value: str, where: str) -> Optional[str]:
     return _ANSWERS[value]
 
 
-def _read_rows(path: Path) -> Tuple[List[str], List[Dict[str, str]]]:
+def _read_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
     if not path.is_file():
         raise FileNotFoundError(f"answers file {path} not found")
     with open(path, newline="", encoding="utf-8-sig") as fh:  # newline="" handles CRLF
@@ -149,7 +150,7 @@ def _read_rows(path: Path) -> Tuple[List[str], List[Dict[str, str]]]:
     return header, rows
 
 
-def find_unreadable(paths: Iterable[Path]) -> List[Tuple[Path, str]]:
+def find_unreadable(paths: Iterable[Path]) -> list[tuple[Path, str]]:
     """``(path, problem)`` for each path that is ``"missing"``, ``"empty"`` (0 bytes) or ``"not an
     image"`` (PIL cannot identify it; only the header is read)."""
     from PIL import Image, UnidentifiedImageError
@@ -160,8 +161,8 @@ def find_unreadable(paths: Iterable[Path]) -> List[Tuple[Path, str]]:
             if path.stat().st_size == 0:
                 bad.append((path, "empty"))
                 continue
-            with Image.open(path) as im:
-                im.size  # noqa: B018 - reads the header only
+            with Image.open(path):
+                pass  # opening parses the header: enough to know it is an image
         except FileNotFoundError:
             bad.append((path, "missing"))
         except (OSError, UnidentifiedImageError):
@@ -169,25 +170,31 @@ def find_unreadable(paths: Iterable[Path]) -> List[Tuple[Path, str]]:
     return bad
 
 
-def _fix_hint(triplets: "TripletSet", failed: Sequence[Tuple[Path, str]], n_images: int) -> str:
+def _fix_hint(triplets: TripletSet, failed: Sequence[tuple[Path, str]], n_images: int) -> str:
     """What to do about the ``failed`` images of ``triplets``."""
     missing = sum(why == "missing" for _, why in failed)
     if triplets.template == SIMCELEBA_TEMPLATE and triplets.images == "crops" and triplets.triplets:
         folder = triplets.triplets[0].reference.parent
         if missing * 2 >= n_images:
-            return (f"SimCelebA's images are distributed separately from its answers file: put the "
-                    f"t####_{{a,b,c}}.jpg crops into {folder} (see docs/reproducing.md)")
-        return ("copy or extract the listed files again (the public SimCelebA archive's empty t4963_c.jpg "
-                "is expected and costs one triplet)")
+            return (
+                f"SimCelebA's images are distributed separately from its answers file: put the "
+                f"t####_{{a,b,c}}.jpg crops into {folder} (see docs/reproducing.md)"
+            )
+        return (
+            "copy or extract the listed files again (the public SimCelebA archive's empty t4963_c.jpg "
+            "is expected and costs one triplet)"
+        )
     if missing:
-        return (f"image paths in {triplets.source} are relative to its folder ({Path(triplets.source).parent}) "
-                "unless absolute: check them")
+        return (
+            f"image paths in {triplets.source} are relative to its folder ({Path(triplets.source).parent}) "
+            "unless absolute: check them"
+        )
     return "replace the listed files with readable images"
 
 
 def describe_failures(
     source: str,
-    failed: Sequence[Tuple[Path, str]],
+    failed: Sequence[tuple[Path, str]],
     n_images: int,
     skipped: Sequence[str],
     n_triplets: int,
@@ -211,19 +218,24 @@ def describe_failures(
 
     first = ", ".join(f"{name(p)} ({why})" for p, why in failed[:shown])
     more = f" and {len(failed) - shown:,} more" if len(failed) > shown else ""
-    listed = (f"Full list in {missing_list}" if missing_list is not None
-              else "Write the full list with --missing-list FILE (or read the set's .unreadable)")
-    return (f"{source}: {len(failed):,} of {n_images:,} images unusable ({kinds}): {first}{more}; "
-            f"{len(skipped):,} of {n_triplets:,} triplets skipped. Fix: {fix}. {listed}.")
+    listed = (
+        f"Full list in {missing_list}"
+        if missing_list is not None
+        else "Write the full list with --missing-list FILE (or read the set's .unreadable)"
+    )
+    return (
+        f"{source}: {len(failed):,} of {n_images:,} images unusable ({kinds}): {first}{more}; "
+        f"{len(skipped):,} of {n_triplets:,} triplets skipped. Fix: {fix}. {listed}."
+    )
 
 
-def write_failure_list(path: PathLike, failed: Sequence[Tuple[Path, str]], triplets: Sequence[Triplet]) -> Path:
+def write_failure_list(path: PathLike, failed: Sequence[tuple[Path, str]], triplets: Sequence[Triplet]) -> Path:
     """CSV ``path,problem,triplets`` (one row per unusable image; triplet ids space-separated)."""
     import io
 
     from .._io import atomic_write_text
 
-    users: Dict[Path, List[str]] = {}
+    users: dict[Path, list[str]] = {}
     for t in triplets:
         for p in set(t.paths):
             users.setdefault(p, []).append(t.id)
@@ -235,9 +247,12 @@ def write_failure_list(path: PathLike, failed: Sequence[Tuple[Path, str]], tripl
 
 
 def drop_failed(
-    triplets: "TripletSet", failed: Sequence[Tuple[Path, str]], fix: Optional[str] = None,
-    missing_list: Optional[PathLike] = None, n_images: Optional[int] = None,
-) -> "TripletSet":
+    triplets: TripletSet,
+    failed: Sequence[tuple[Path, str]],
+    fix: Optional[str] = None,
+    missing_list: Optional[PathLike] = None,
+    n_images: Optional[int] = None,
+) -> TripletSet:
     """``triplets`` without those using a ``failed`` image; ``failed`` is added to ``.unreadable``.
 
     All failures so far are written to ``missing_list`` (if given). Some triplets left: one
@@ -255,23 +270,33 @@ def drop_failed(
     skipped = tuple(t.id for t in triplets.triplets if bad.intersection(t.paths))
     kept = tuple(t for t in triplets.triplets if not bad.intersection(t.paths))
     images = n_images if n_images is not None else len({p for t in triplets.triplets for p in t.paths})
-    message = describe_failures(triplets.source, failed, images, skipped, len(triplets),
-                                fix or _fix_hint(triplets, failed, images), missing_list)
+    message = describe_failures(
+        triplets.source,
+        failed,
+        images,
+        skipped,
+        len(triplets),
+        fix or _fix_hint(triplets, failed, images),
+        missing_list,
+    )
     if not kept:
         raise ImageReadError(message)
     warnings.warn(message, stacklevel=3)
     return replace(triplets, triplets=kept, skipped=triplets.skipped + skipped, unreadable=every)
 
 
-def _checked(triplets: "TripletSet", check_images: bool, missing_list: Optional[PathLike]) -> "TripletSet":
+def _checked(triplets: TripletSet, check_images: bool, missing_list: Optional[PathLike]) -> TripletSet:
     if not check_images:
         return triplets
-    return drop_failed(triplets, find_unreadable(sorted({p for t in triplets.triplets for p in t.paths})),
-                       missing_list=missing_list)
+    return drop_failed(
+        triplets, find_unreadable(sorted({p for t in triplets.triplets for p in t.paths})), missing_list=missing_list
+    )
 
 
 def load_simceleba(
-    root: PathLike, answers: Optional[PathLike] = None, check_images: bool = True,
+    root: PathLike,
+    answers: Optional[PathLike] = None,
+    check_images: bool = True,
     missing_list: Optional[PathLike] = None,
 ) -> TripletSet:
     """SimCelebA (or a set in its format) from folder ``root``.
@@ -304,7 +329,10 @@ def load_simceleba(
 
 
 def load_triplet_csv(
-    path: PathLike, images: str = "photos", template: Optional[str] = None, check_images: bool = True,
+    path: PathLike,
+    images: str = "photos",
+    template: Optional[str] = None,
+    check_images: bool = True,
     missing_list: Optional[PathLike] = None,
 ) -> TripletSet:
     """A generic triplet CSV (see the module docstring).
@@ -322,8 +350,10 @@ def load_triplet_csv(
     missing = [c for c in ("reference", "a", "b") if c not in header]
     answer_cols = [h for h in header if h.lower().startswith("ans")]
     if missing or not answer_cols:
-        raise ValueError(f"{path}: a triplet CSV needs columns reference, a, b and at least one answer "
-                         f"column (answer, ans1, ...); missing {missing or 'answer columns'} in header {header}")
+        raise ValueError(
+            f"{path}: a triplet CSV needs columns reference, a, b and at least one answer "
+            f"column (answer, ans1, ...); missing {missing or 'answer columns'} in header {header}"
+        )
     base = path.parent
     triplets = []
     for line, row in enumerate(rows, start=2):
@@ -350,16 +380,19 @@ def load_triplets(
     data = Path(data)
     if data.is_dir():
         if images not in (None, "crops") or template not in (None, SIMCELEBA_TEMPLATE):
-            raise ValueError(f"{data} is a SimCelebA-format folder: its images are crops aligned to the "
-                             f"{SIMCELEBA_TEMPLATE!r} template; --images/--template do not apply")
+            raise ValueError(
+                f"{data} is a SimCelebA-format folder: its images are crops aligned to the "
+                f"{SIMCELEBA_TEMPLATE!r} template; --images/--template do not apply"
+            )
         return load_simceleba(data, answers, check_images=check_images, missing_list=missing_list)
     if data.suffix.lower() == ".csv":
-        return load_triplet_csv(data, images or "photos", template, check_images=check_images,
-                                missing_list=missing_list)
+        return load_triplet_csv(
+            data, images or "photos", template, check_images=check_images, missing_list=missing_list
+        )
     raise FileNotFoundError(f"--data {data}: expected a SimCelebA-format folder or a triplet .csv file")
 
 
-def grid_ids(ids: Sequence[str]) -> List[int]:
+def grid_ids(ids: Sequence[str]) -> list[int]:
     """The integers of SimCelebA-style ids ``t0123`` (for the grid protocols)."""
     out = []
     for tid in ids:

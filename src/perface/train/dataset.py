@@ -9,9 +9,10 @@ training there) and nothing but the network competes for the CPU.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Optional
 
 import numpy as np
 import torch
@@ -51,10 +52,10 @@ class ImageBank:
     """Decoded images: ``images`` (N, 3, S, S) uint8 and the row of each path in ``row``."""
 
     images: torch.Tensor
-    row: Dict[Path, int]
+    row: dict[Path, int]
 
     @classmethod
-    def decode(cls, paths: Sequence[Path], size: int, workers: int = 0, progress: bool = False) -> "ImageBank":
+    def decode(cls, paths: Sequence[Path], size: int, workers: int = 0, progress: bool = False) -> ImageBank:
         """Read the crops ``paths`` once (resized to ``size`` with antialiasing, rounded to 8 bits).
 
         ``workers``: DataLoader processes decoding in parallel; 0 decodes in this process with a
@@ -71,7 +72,7 @@ class ImageBank:
         if workers > 0:
             at = 0
             for chunk in DataLoader(crops, batch_size=64, num_workers=workers):
-                images[at:at + len(chunk)] = chunk
+                images[at : at + len(chunk)] = chunk
                 at += len(chunk)
                 bar.update(len(chunk))
         else:
@@ -83,19 +84,20 @@ class ImageBank:
         return cls(images, {p: i for i, p in enumerate(paths)})
 
     @classmethod
-    def from_photos(cls, photos: Dict[Path, torch.Tensor]) -> "ImageBank":
+    def from_photos(cls, photos: dict[Path, torch.Tensor]) -> ImageBank:
         """The aligned faces of :func:`align_photos` (uint8 (3, S, S) by path)."""
         paths = sorted(photos)
         images = torch.stack([photos[p] for p in paths]) if paths else torch.empty((0, 3, 1, 1), dtype=torch.uint8)
         return cls(images, {p: i for i, p in enumerate(paths)})
 
-    def to(self, device: torch.device) -> "ImageBank":
+    def to(self, device: torch.device) -> ImageBank:
         """The same bank with ``images`` on ``device`` (e.g. the GPU: batches are then gathered there)."""
         return ImageBank(self.images.to(device), self.row)
 
 
-def align_photos(triplets: TripletSet, template: str, size: int, progress: bool = True,
-                 missing_list: Optional[Path] = None) -> Tuple[TripletSet, Dict[Path, torch.Tensor]]:
+def align_photos(
+    triplets: TripletSet, template: str, size: int, progress: bool = True, missing_list: Optional[Path] = None
+) -> tuple[TripletSet, dict[Path, torch.Tensor]]:
     """Detect and align every photo of ``triplets`` once (the photo pipeline's
     :func:`perface.embedding.align_crops`, the most prominent face).
 
@@ -108,14 +110,20 @@ def align_photos(triplets: TripletSet, template: str, size: int, progress: bool 
 
     paths = sorted({p for t in triplets.triplets for p in t.paths})
     crops, errors = align_crops([str(p) for p in paths], template, size, progress=progress)
-    cache: Dict[Path, torch.Tensor] = {p: (c[0] * 255).round().to(torch.uint8) for p, c in zip(paths, crops)
-                                       if c is not None}
-    failed: List[Tuple[Path, str]] = [
+    cache: dict[Path, torch.Tensor] = {
+        p: (c[0] * 255).round().to(torch.uint8) for p, c in zip(paths, crops) if c is not None
+    }
+    failed: list[tuple[Path, str]] = [
         (paths[i], "no face" if why.startswith("NoFaceError") else "not an image") for i, why in sorted(errors.items())
     ]
     fix = "use photos with one clearly visible face (or pass aligned crops with --images crops)"
-    kept = drop_failed(triplets, failed, fix=fix if all(why == "no face" for _, why in failed) else None,
-                       missing_list=missing_list, n_images=len(paths))
+    kept = drop_failed(
+        triplets,
+        failed,
+        fix=fix if all(why == "no face" for _, why in failed) else None,
+        missing_list=missing_list,
+        n_images=len(paths),
+    )
     return kept, cache
 
 
@@ -136,8 +144,14 @@ class TripletImages(Dataset):
         self.rows = torch.tensor(rows, dtype=torch.long).reshape(-1, 3)
 
     @classmethod
-    def from_set(cls, triplets: TripletSet, size: int, photos: Optional[Dict[Path, torch.Tensor]] = None,
-                 workers: int = 0, progress: bool = False) -> "TripletImages":
+    def from_set(
+        cls,
+        triplets: TripletSet,
+        size: int,
+        photos: Optional[dict[Path, torch.Tensor]] = None,
+        workers: int = 0,
+        progress: bool = False,
+    ) -> TripletImages:
         """Crops are decoded into a new bank (``workers`` processes); photos come from ``photos``,
         the aligned faces of :func:`align_photos`."""
         if triplets.images == "photos":
@@ -158,6 +172,6 @@ class TripletImages(Dataset):
         """Triplets ``index`` as (B, 3, 3, S, S) uint8: reference, positive, negative (on the bank's device)."""
         return self.bank.images[self.rows[index].to(self.bank.images.device)]
 
-    def __getitem__(self, index: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         ref, pos, neg = self.uint8_batch(torch.tensor([index]))[0].float().div(255.0)
         return ref, pos, neg

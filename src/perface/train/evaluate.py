@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Tuple
+from typing import Callable
 
 import numpy as np
 import torch
@@ -22,7 +22,7 @@ def triplet_similarities(
     device: torch.device = torch.device("cpu"),
     progress: bool = False,
     desc: str = "evaluating",
-) -> Tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray]:
     """``(cos(ref, pos), cos(ref, neg))``, two (N,) float64 arrays, for the triplets of ``data``.
 
     ``embed``: (B, 3, H, W) uint8 RGB -> (B, D) L2-normalized embeddings (e.g. ``PerFace.embed``,
@@ -36,8 +36,8 @@ def triplet_similarities(
         x = data.uint8_batch(torch.arange(start, min(start + batch_size, len(data))))
         b = x.shape[0]
         e = embed(x.transpose(0, 1).reshape(3 * b, *x.shape[2:]).to(device, non_blocking=True)).float()
-        pos.append((e[:b] * e[b:2 * b]).sum(1).cpu())
-        neg.append((e[:b] * e[2 * b:]).sum(1).cpu())
+        pos.append((e[:b] * e[b : 2 * b]).sum(1).cpu())
+        neg.append((e[:b] * e[2 * b :]).sum(1).cpu())
     if not pos:
         return np.zeros(0), np.zeros(0)
     return torch.cat(pos).numpy().astype(np.float64), torch.cat(neg).numpy().astype(np.float64)

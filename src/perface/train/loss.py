@@ -16,8 +16,10 @@ def triplet_margin_cosine_loss(
     judged more similar to it (positive) and of the other one (negative).
     """
     if not (ref.shape == pos.shape == neg.shape) or ref.dim() != 2:
-        raise ValueError(f"expected three (N, D) tensors of one shape, got {tuple(ref.shape)}, "
-                         f"{tuple(pos.shape)}, {tuple(neg.shape)}")
+        raise ValueError(
+            f"expected three (N, D) tensors of one shape, got {tuple(ref.shape)}, "
+            f"{tuple(pos.shape)}, {tuple(neg.shape)}"
+        )
     cos_pos = (ref * pos).sum(dim=1)
     cos_neg = (ref * neg).sum(dim=1)
     return torch.clamp(cos_neg - cos_pos + margin, min=0).mean()

@@ -7,8 +7,9 @@ with 95% CI) are appended to the card.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Optional
 
 from .._io import atomic_write_text
 from ..model import PerFace
@@ -18,18 +19,28 @@ from ..registry import ModelSpec
 __all__ = ["trained_fields", "write_checkpoint", "append_training_card"]
 
 
-def trained_fields(init: ModelSpec, name: str, template: str, trained_on: str, scores: Mapping[str, Any],
-                   license: Optional[str] = None, improved: bool = True) -> Dict[str, Any]:
+def trained_fields(
+    init: ModelSpec,
+    name: str,
+    template: str,
+    trained_on: str,
+    scores: Mapping[str, Any],
+    license: Optional[str] = None,
+    improved: bool = True,
+) -> dict[str, Any]:
     """Spec fields of a checkpoint fine-tuned from ``init`` on triplet judgments.
 
     ``improved=False`` when training did not beat the initialization: the weights are then the
     initialization's, and they are perceptual only if the initialization was. ``license`` defaults to
     the initialization's (the weights derive from it); ``citation`` keeps the initialization's.
     """
-    description = (f"Perceptual face similarity fine-tuned from {init.name!r} on human triplet judgments "
-                   "with the PerFace recipe (cosine triplet margin loss)." if improved else
-                   f"The initialization {init.name!r} unchanged: fine-tuning on triplet judgments did not beat it "
-                   "on validation, so its weights were kept.")
+    description = (
+        f"Perceptual face similarity fine-tuned from {init.name!r} on human triplet judgments "
+        "with the PerFace recipe (cosine triplet margin loss)."
+        if improved
+        else f"The initialization {init.name!r} unchanged: fine-tuning on triplet judgments did not beat it "
+        "on validation, so its weights were kept."
+    )
     return {
         "name": name,
         "template": template,
@@ -51,7 +62,7 @@ def _acc(entry: Mapping[str, Any]) -> str:
     return f"{entry['mean']:.3f} (95% CI {entry['ci_low']:.3f}-{entry['ci_high']:.3f}, n={entry['n']})"
 
 
-def append_training_card(out: Path, info: Dict[str, Any]) -> None:
+def append_training_card(out: Path, info: dict[str, Any]) -> None:
     """Append how the checkpoint was trained to ``out/README.md``.
 
     ``info`` keys: ``init``, ``data``, ``data_sha256``, ``split``, ``train_set``, ``counts``,

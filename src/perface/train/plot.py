@@ -15,8 +15,11 @@ def plot_training_curve(log_path: Path, png_path: Path) -> Path:
     plt = pyplot()
     records = [json.loads(line) for line in Path(log_path).read_text().splitlines() if line.strip()]
     steps = [(r["step"], r["loss"]) for r in records if r.get("event") == "step"]
-    epochs = [(r["epoch"], r["val_acc"]) for r in records
-              if r.get("event") in ("baseline", "epoch") and r.get("val_acc") is not None]
+    epochs = [
+        (r["epoch"], r["val_acc"])
+        for r in records
+        if r.get("event") in ("baseline", "epoch") and r.get("val_acc") is not None
+    ]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
     if steps:
         ax_loss.plot(*zip(*steps), lw=1.2)
@@ -25,8 +28,9 @@ def plot_training_curve(log_path: Path, png_path: Path) -> Path:
     if epochs:
         ax_acc.plot(*zip(*sorted(dict(epochs).items())), marker="o")
     ax_acc.axhline(0.5, color="gray", ls="--", lw=1, label="chance")
-    ax_acc.set(xlabel="epoch (0 = initialization)", ylabel="triplet accuracy", title="validation accuracy",
-               ylim=(0, 1.02))
+    ax_acc.set(
+        xlabel="epoch (0 = initialization)", ylabel="triplet accuracy", title="validation accuracy", ylim=(0, 1.02)
+    )
     ax_acc.legend(loc="lower right")
     ax_acc.grid(alpha=0.3)
     try:

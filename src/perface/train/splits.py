@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
@@ -42,12 +42,12 @@ LAYOUTS = ("target-major", "source-major")
 class Split:
     """Triplet ids of each part, plus how they were chosen (for the model card)."""
 
-    train: Tuple[str, ...]
-    val: Tuple[str, ...]
-    test: Tuple[str, ...]
+    train: tuple[str, ...]
+    val: tuple[str, ...]
+    test: tuple[str, ...]
     description: str
 
-    def to_dict(self) -> Dict[str, List[str]]:
+    def to_dict(self) -> dict[str, list[str]]:
         return {"train": list(self.train), "val": list(self.val), "test": list(self.test)}
 
 
@@ -60,14 +60,16 @@ def random_split(ids: Sequence[str], val: float = 0.1, test: float = 0.1, seed: 
     keys = [hashlib.sha256(f"{seed}:{tid}".encode()).hexdigest() for tid in ids]
     order = np.argsort(keys, kind="stable")
     n_test, n_val = round(test * len(ids)), round(val * len(ids))
-    pick = lambda idx: tuple(ids[i] for i in sorted(idx))  # noqa: E731
+    pick = lambda idx: tuple(ids[i] for i in sorted(idx))
     return Split(
-        train=pick(order[n_test + n_val:]), val=pick(order[n_test:n_test + n_val]), test=pick(order[:n_test]),
+        train=pick(order[n_test + n_val :]),
+        val=pick(order[n_test : n_test + n_val]),
+        test=pick(order[:n_test]),
         description=f"random triplet split {1 - val - test:.0%}/{val:.0%}/{test:.0%} (seed {seed})",
     )
 
 
-def _cells(ids: Sequence[str], layout: str, grid: int) -> Tuple[np.ndarray, np.ndarray]:
+def _cells(ids: Sequence[str], layout: str, grid: int) -> tuple[np.ndarray, np.ndarray]:
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     numbers = np.asarray(grid_ids(ids))
@@ -99,8 +101,8 @@ def protocol_split(
     if n_test < 1 or n_test + n_val >= grid:
         raise ValueError(f"holdout {holdout} and val_holdout {val_holdout} leave no test or no training units")
     t_order, s_order = rng.permutation(grid), rng.permutation(grid)
-    t_test, t_val = np.isin(target, t_order[:n_test]), np.isin(target, t_order[n_test:n_test + n_val])
-    s_test, s_val = np.isin(source, s_order[:n_test]), np.isin(source, s_order[n_test:n_test + n_val])
+    t_test, t_val = np.isin(target, t_order[:n_test]), np.isin(target, t_order[n_test : n_test + n_val])
+    s_test, s_val = np.isin(source, s_order[:n_test]), np.isin(source, s_order[n_test : n_test + n_val])
     if protocol == "unseen":
         test, val = t_test & s_test, t_val & s_val
         train = ~(t_test | t_val) & ~(s_test | s_val)
@@ -108,13 +110,20 @@ def protocol_split(
         test, val, train = t_test, t_val, ~(t_test | t_val)
     else:
         test, val, train = s_test, s_val, ~(s_test | s_val)
-    pick = lambda mask: tuple(tid for tid, m in zip(ids, mask) if m)  # noqa: E731
-    names = {"unseen": "[i] unseen target & source", "seen-source": "[ii] seen source, unseen target",
-             "seen-target": "[iii] seen target, unseen source"}
+    pick = lambda mask: tuple(tid for tid, m in zip(ids, mask) if m)
+    names = {
+        "unseen": "[i] unseen target & source",
+        "seen-source": "[ii] seen source, unseen target",
+        "seen-target": "[iii] seen target, unseen source",
+    }
     return Split(
-        train=pick(train), val=pick(val), test=pick(test),
-        description=(f"protocol {names[protocol]}: {holdout:.0%} of targets/source groups held out for test, "
-                     f"{val_holdout:.0%} for validation, {grid}x{grid} grid, layout {layout} (seed {seed})"),
+        train=pick(train),
+        val=pick(val),
+        test=pick(test),
+        description=(
+            f"protocol {names[protocol]}: {holdout:.0%} of targets/source groups held out for test, "
+            f"{val_holdout:.0%} for validation, {grid}x{grid} grid, layout {layout} (seed {seed})"
+        ),
     )
 
 
@@ -126,15 +135,24 @@ def load_split_file(path: Path, ids: Sequence[str]) -> Split:
         raise ValueError(f"split file {path}: missing keys {missing}")
     known = set(ids)
     parts = {k: tuple(t for t in spec[k] if t in known) for k in ("train", "val", "test")}
-    overlap = (set(parts["train"]) & (set(parts["val"]) | set(parts["test"]))) | (set(parts["val"]) & set(parts["test"]))
+    overlap = (set(parts["train"]) & (set(parts["val"]) | set(parts["test"]))) | (
+        set(parts["val"]) & set(parts["test"])
+    )
     if overlap:
         raise ValueError(f"split file {path}: {len(overlap)} ids are in more than one part, e.g. {sorted(overlap)[:3]}")
     return Split(parts["train"], parts["val"], parts["test"], spec.get("description", f"split file {Path(path).name}"))
 
 
 def make_split(
-    ids: Sequence[str], split: str, seed: int = 0, val: float = 0.1, test: float = 0.1,
-    holdout: float = 0.2, val_holdout: float = 0.1, layout: str = "target-major", grid: int = 80,
+    ids: Sequence[str],
+    split: str,
+    seed: int = 0,
+    val: float = 0.1,
+    test: float = 0.1,
+    holdout: float = 0.2,
+    val_holdout: float = 0.1,
+    layout: str = "target-major",
+    grid: int = 80,
 ) -> Split:
     """``split``: ``"random"``, a protocol name (``PROTOCOLS``) or the path of a JSON split file."""
     if split == "random":
@@ -146,8 +164,9 @@ def make_split(
     raise ValueError(f"--split must be 'random', one of {PROTOCOLS} or a .json split file, got {split!r}")
 
 
-def top_up_validation(split: Split, scored: Sequence[str], min_val: int, seed: int = 0,
-                      max_share: float = 0.2) -> Split:
+def top_up_validation(
+    split: Split, scored: Sequence[str], min_val: int, seed: int = 0, max_share: float = 0.2
+) -> Split:
     """Move training triplets to validation until it holds ``min_val`` scored triplets.
 
     ``scored``: the ids validation scores (the unanimous ones). The protocols can leave only a
@@ -168,6 +187,8 @@ def top_up_validation(split: Split, scored: Sequence[str], min_val: int, seed: i
         train=tuple(t for t in split.train if t not in moved),
         val=tuple(t for t in split.train + split.val if t in moved),
         test=split.test,
-        description=(f"{split.description}; validation: {have} triplets of the split's own plus {take} drawn "
-                     f"from its training part (seed {seed})"),
+        description=(
+            f"{split.description}; validation: {have} triplets of the split's own plus {take} drawn "
+            f"from its training part (seed {seed})"
+        ),
     )

@@ -42,10 +42,11 @@ import math
 import re
 import sys
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import combinations, product
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Optional
 
 import numpy as np
 import torch
@@ -75,9 +76,16 @@ class Appearance:
 
     def vector(self) -> np.ndarray:
         """Components scaled to comparable units (for distances between appearances)."""
-        return np.array([self.exposure / 0.5, self.cast * math.cos(self.cast_angle) / 0.25,
-                         self.cast * math.sin(self.cast_angle) / 0.25, self.light * math.cos(self.light_angle) / 0.5,
-                         self.light * math.sin(self.light_angle) / 0.5, (self.saturation - 1) / 0.5])
+        return np.array(
+            [
+                self.exposure / 0.5,
+                self.cast * math.cos(self.cast_angle) / 0.25,
+                self.cast * math.sin(self.cast_angle) / 0.25,
+                self.light * math.cos(self.light_angle) / 0.5,
+                self.light * math.sin(self.light_angle) / 0.5,
+                (self.saturation - 1) / 0.5,
+            ]
+        )
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         """Apply to an image (3, H, W) in [0, 1]."""
@@ -95,17 +103,24 @@ def _strong_appearance(rng: np.random.Generator) -> Appearance:
     sign = rng.choice([-1.0, 1.0])
     return Appearance(
         exposure=float(sign * rng.uniform(0.25, 0.7) if sign < 0 else rng.uniform(0.15, 0.4)),
-        cast_angle=float(rng.uniform(0, 2 * math.pi)), cast=float(rng.uniform(0.12, 0.3)),
-        light_angle=float(rng.uniform(0, 2 * math.pi)), light=float(rng.uniform(0.25, 0.6)),
+        cast_angle=float(rng.uniform(0, 2 * math.pi)),
+        cast=float(rng.uniform(0.12, 0.3)),
+        light_angle=float(rng.uniform(0, 2 * math.pi)),
+        light=float(rng.uniform(0.25, 0.6)),
         saturation=float(rng.choice([rng.uniform(0.1, 0.5), rng.uniform(1.35, 1.7)])),
     )
 
 
 def _jittered(a: Appearance, rng: np.random.Generator) -> Appearance:
     """Nearly the same appearance (the positive's)."""
-    return Appearance(a.exposure + rng.normal(0, 0.04), a.cast_angle + rng.normal(0, 0.15), a.cast * rng.uniform(0.85, 1.15),
-                      a.light_angle + rng.normal(0, 0.15), a.light * rng.uniform(0.85, 1.15),
-                      max(0.0, a.saturation + rng.normal(0, 0.05)))
+    return Appearance(
+        a.exposure + rng.normal(0, 0.04),
+        a.cast_angle + rng.normal(0, 0.15),
+        a.cast * rng.uniform(0.85, 1.15),
+        a.light_angle + rng.normal(0, 0.15),
+        a.light * rng.uniform(0.85, 1.15),
+        max(0.0, a.saturation + rng.normal(0, 0.05)),
+    )
 
 
 def _different(a: Appearance, rng: np.random.Generator) -> Appearance:
@@ -120,7 +135,7 @@ def _person(stem: str) -> str:
     return re.sub(r"\d+$", "", stem.split("_")[0]).lower()
 
 
-def load_people(faces: Path, progress: bool = True) -> Dict[str, List[torch.Tensor]]:
+def load_people(faces: Path, progress: bool = True) -> dict[str, list[torch.Tensor]]:
     """Aligned 224 ``simceleba`` crops (3, 224, 224) per person from the photos in ``faces``.
 
     Byte-identical photos (e.g. a PNG copy of a JPEG) and photos without a face are skipped.
@@ -128,7 +143,7 @@ def load_people(faces: Path, progress: bool = True) -> Dict[str, List[torch.Tens
     from ..alignment import align_faces
     from ..errors import ImageReadError, NoFaceError
 
-    people: Dict[str, List[torch.Tensor]] = {}
+    people: dict[str, list[torch.Tensor]] = {}
     seen = []
     for path in sorted(p for p in Path(faces).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png")):
         try:
@@ -148,7 +163,7 @@ def load_people(faces: Path, progress: bool = True) -> Dict[str, List[torch.Tens
 @dataclass(frozen=True)
 class _Identity:
     name: str
-    photos: Tuple[torch.Tensor, ...]
+    photos: tuple[torch.Tensor, ...]
     people: frozenset
     flow: torch.Tensor  # (H, W, 2) displacement in grid units
 
@@ -158,7 +173,9 @@ def _flow(rng: np.random.Generator, amplitude: float = 0.06) -> torch.Tensor:
     return F.interpolate(coarse, size=(SIZE, SIZE), mode="bicubic", align_corners=True)[0].permute(1, 2, 0)
 
 
-def _identities(people: Dict[str, List[torch.Tensor]], names: Sequence[str], warps: range, seed: int) -> List[_Identity]:
+def _identities(
+    people: dict[str, list[torch.Tensor]], names: Sequence[str], warps: range, seed: int
+) -> list[_Identity]:
     bases = [(n, tuple(people[n]), frozenset([n])) for n in names]
     for (p, q), w in product(combinations(names, 2), MORPH_WEIGHTS):
         blends = tuple(w * a + (1 - w) * b for a in people[p] for b in people[q])
@@ -175,8 +192,13 @@ def _render(identity: _Identity, appearance: Appearance, rng: np.random.Generato
     photo = identity.photos[rng.integers(len(identity.photos))]
     angle, scale = math.radians(rng.normal(0, 3)), 1 + rng.normal(0, 0.03)
     shift = rng.normal(0, 0.02, size=2)
-    theta = torch.tensor([[scale * math.cos(angle), -scale * math.sin(angle), shift[0]],
-                          [scale * math.sin(angle), scale * math.cos(angle), shift[1]]], dtype=torch.float32)
+    theta = torch.tensor(
+        [
+            [scale * math.cos(angle), -scale * math.sin(angle), shift[0]],
+            [scale * math.sin(angle), scale * math.cos(angle), shift[1]],
+        ],
+        dtype=torch.float32,
+    )
     grid = F.affine_grid(theta[None], [1, 3, SIZE, SIZE], align_corners=False) + identity.flow[None]
     x = F.grid_sample(photo[None], grid, mode="bilinear", padding_mode="border", align_corners=False)[0]
     sigma = rng.uniform(0, 1.2)
@@ -196,10 +218,19 @@ def _save(x: torch.Tensor, path: Path, quality: int) -> None:
 
 
 def generate(
-    out: Path, faces: Path, n_train: int = 1200, n_val: int = 150, n_test: int = 300,
-    warps: int = 4, conflict: float = 0.3, agree: float = 0.2, dissent: float = 0.25, seed: int = 0,
-    test_people: Optional[Sequence[str]] = None, progress: bool = True,
-) -> Dict[str, object]:
+    out: Path,
+    faces: Path,
+    n_train: int = 1200,
+    n_val: int = 150,
+    n_test: int = 300,
+    warps: int = 4,
+    conflict: float = 0.3,
+    agree: float = 0.2,
+    dissent: float = 0.25,
+    seed: int = 0,
+    test_people: Optional[Sequence[str]] = None,
+    progress: bool = True,
+) -> dict[str, object]:
     """Write the set to ``out``; returns its description (also in ``out/split.json``).
 
     ``test_people``: the people whose identities make up the test set (default: the second half
@@ -214,7 +245,7 @@ def generate(
     names = sorted(people)
     if len(names) < 4:
         raise ValueError(f"{faces}: need photos of at least 4 people (found {names}) to split identities")
-    held = sorted(test_people) if test_people else names[len(names) // 2:]
+    held = sorted(test_people) if test_people else names[len(names) // 2 :]
     unknown = set(held) - set(names)
     if unknown:
         raise ValueError(f"test_people {sorted(unknown)} not among the people found: {names}")
@@ -232,7 +263,9 @@ def generate(
     for part, (idents, count) in parts.items():
         for _ in range(count):
             ref_id = idents[rng.integers(len(idents))]
-            others = [i for i in idents if not (i.people & ref_id.people)] or [i for i in idents if i.people != ref_id.people]
+            others = [i for i in idents if not (i.people & ref_id.people)] or [
+                i for i in idents if i.people != ref_id.people
+            ]
             pos_id = others[rng.integers(len(others))]
             draw = rng.random()
             kind = "conflict" if draw < conflict else "agree" if draw < conflict + agree else "neutral"
@@ -241,8 +274,11 @@ def generate(
             if kind == "agree":
                 pos_id = ref_id
             appearance = _strong_appearance(rng)
-            images = {"c": _render(ref_id, appearance, rng), "pos": _render(pos_id, _jittered(appearance, rng), rng),
-                      "neg": _render(neg_id, _different(appearance, rng), rng)}
+            images = {
+                "c": _render(ref_id, appearance, rng),
+                "pos": _render(pos_id, _jittered(appearance, rng), rng),
+                "neg": _render(neg_id, _different(appearance, rng), rng),
+            }
             pos_slot = "a" if rng.random() < 0.5 else "b"
             neg_slot = "b" if pos_slot == "a" else "a"
             name = f"t{tid:04d}"
@@ -252,9 +288,17 @@ def generate(
             if rng.random() < dissent:
                 answers[rng.integers(3)] = neg_slot
             rows.append([name, *answers])
-            meta.append({"tripletId": name, "split": part, "kind": kind, "positive": pos_slot,
-                         "reference_identity": ref_id.name, "positive_identity": pos_id.name,
-                         "negative_identity": neg_id.name})
+            meta.append(
+                {
+                    "tripletId": name,
+                    "split": part,
+                    "kind": kind,
+                    "positive": pos_slot,
+                    "reference_identity": ref_id.name,
+                    "positive_identity": pos_id.name,
+                    "negative_identity": neg_id.name,
+                }
+            )
             split[part].append(name)
             tid += 1
             bar.update()
@@ -269,10 +313,17 @@ def generate(
     dict_writer.writeheader()
     dict_writer.writerows(meta)
     atomic_write_text(out / "meta.csv", table.getvalue())
-    description = (f"synthetic appearance triplets split by identity: train/val from people {train_names} "
-                   f"(val: held-out warps), test from held-out people {held}; seed {seed}")
-    info = {**split, "description": description, "people": names, "test_people": held,
-            "identities": {k: len(v[0]) for k, v in parts.items()}}
+    description = (
+        f"synthetic appearance triplets split by identity: train/val from people {train_names} "
+        f"(val: held-out warps), test from held-out people {held}; seed {seed}"
+    )
+    info = {
+        **split,
+        "description": description,
+        "people": names,
+        "test_people": held,
+        "identities": {k: len(v[0]) for k, v in parts.items()},
+    }
     atomic_write_text(out / "split.json", json.dumps(info, indent=1) + "\n")
     return info
 
@@ -283,17 +334,30 @@ PROG = "python -m perface.train.synthetic"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of ``python -m perface.train.synthetic`` (see :func:`generate`)."""
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder (SimCelebA format)")
-    parser.add_argument("--faces", required=True, metavar="DIR",
-                        help="folder of photos of at least 4 people (e.g. ../shared/data/faces)")
+    parser.add_argument(
+        "--faces",
+        required=True,
+        metavar="DIR",
+        help="folder of photos of at least 4 people (e.g. ../shared/data/faces)",
+    )
     parser.add_argument("--train", type=int, default=1200, metavar="N", help="training triplets")
     parser.add_argument("--val", type=int, default=150, metavar="N", help="validation triplets")
     parser.add_argument("--test", type=int, default=300, metavar="N", help="test triplets (held-out people)")
-    parser.add_argument("--warps", type=int, default=4, metavar="N", help="synthetic identities (face-shape warps) per base")
-    parser.add_argument("--conflict", type=float, default=0.3, metavar="P", help="fraction of identity-conflict triplets")
+    parser.add_argument(
+        "--warps", type=int, default=4, metavar="N", help="synthetic identities (face-shape warps) per base"
+    )
+    parser.add_argument(
+        "--conflict", type=float, default=0.3, metavar="P", help="fraction of identity-conflict triplets"
+    )
     parser.add_argument("--agree", type=float, default=0.2, metavar="P", help="fraction of identity-agree triplets")
     parser.add_argument("--dissent", type=float, default=0.25, metavar="P", help="fraction with one disagreeing answer")
-    parser.add_argument("--test-people", nargs="+", default=None, metavar="NAME",
-                        help="people held out for test (default: the second half of the people in name order)")
+    parser.add_argument(
+        "--test-people",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="people held out for test (default: the second half of the people in name order)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of identities, renderings and answers")
     add_quiet(parser)
 
@@ -301,14 +365,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Generate the set the parsed flags describe; returns the exit status."""
     torch.set_num_threads(1)  # many tiny ops: threads only contend
-    info = generate(Path(args.out), Path(args.faces), args.train, args.val, args.test, args.warps, args.conflict,
-                    args.agree, args.dissent, args.seed, args.test_people, progress=not args.quiet)
+    info = generate(
+        Path(args.out),
+        Path(args.faces),
+        args.train,
+        args.val,
+        args.test,
+        args.warps,
+        args.conflict,
+        args.agree,
+        args.dissent,
+        args.seed,
+        args.test_people,
+        progress=not args.quiet,
+    )
     print(f"wrote {sum(len(info[k]) for k in ('train', 'val', 'test'))} triplets to {args.out}: {info['description']}")
-    print(f"train: python -m perface.train --data {args.out} --split {Path(args.out) / 'split.json'} --init sface --out OUT")
+    print(
+        f"train: python -m perface.train --data {args.out} --split {Path(args.out) / 'split.json'} "
+        "--init sface --out OUT"
+    )
     return 0
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: Optional[list[str]] = None) -> int:
     """Entry point of ``python -m perface.train.synthetic``; returns the exit status."""
     parser = make_parser(PROG, (__doc__ or "").split("\n\n")[0])
     add_arguments(parser)

@@ -27,7 +27,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -77,7 +77,7 @@ class _Embedder(nn.Module):
         return self.metric.embed(x)
 
 
-def _dist_env() -> Tuple[bool, int, int, int]:
+def _dist_env() -> tuple[bool, int, int, int]:
     """(launched by torchrun?, rank, world size, local rank)."""
     launched = "RANK" in os.environ and "WORLD_SIZE" in os.environ
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -92,19 +92,31 @@ def _amp_dtype(cfg: TrainConfig, device: torch.device) -> Optional[torch.dtype]:
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[cfg.amp]
 
 
-def prepare_data(cfg: TrainConfig, init_template: str, init_size: int,
-                 device: torch.device = torch.device("cpu")) -> PreparedData:
+def prepare_data(
+    cfg: TrainConfig, init_template: str, init_size: int, device: torch.device = torch.device("cpu")
+) -> PreparedData:
     """Load the triplets, split them, decode every image once, and wrap train (D1/D2) / val / test
     (unanimous) as datasets sharing one :class:`ImageBank` (moved to ``device``)."""
-    triplets = load_triplets(cfg.data, cfg.answers, cfg.images, cfg.crop_template,
-                             missing_list=cfg.missing_list).majority_only()
+    triplets = load_triplets(
+        cfg.data, cfg.answers, cfg.images, cfg.crop_template, missing_list=cfg.missing_list
+    ).majority_only()
     photos = None
     if triplets.images == "photos":
-        triplets, photos = align_photos(triplets, init_template, init_size, progress=cfg.progress,
-                                        missing_list=cfg.missing_list)
+        triplets, photos = align_photos(
+            triplets, init_template, init_size, progress=cfg.progress, missing_list=cfg.missing_list
+        )
     template = triplets.template or init_template
-    split = make_split(triplets.ids, cfg.split, seed=cfg.seed, val=cfg.val_fraction, test=cfg.test_fraction,
-                       holdout=cfg.holdout, val_holdout=cfg.val_holdout, layout=cfg.layout, grid=cfg.grid)
+    split = make_split(
+        triplets.ids,
+        cfg.split,
+        seed=cfg.seed,
+        val=cfg.val_fraction,
+        test=cfg.test_fraction,
+        holdout=cfg.holdout,
+        val_holdout=cfg.val_holdout,
+        layout=cfg.layout,
+        grid=cfg.grid,
+    )
     unanimous = set(triplets.unanimous_only().ids)
     val_from_split = sum(t in unanimous for t in split.val)
     split = top_up_validation(split, sorted(unanimous), cfg.min_val, seed=cfg.seed)
@@ -120,8 +132,15 @@ def prepare_data(cfg: TrainConfig, init_template: str, init_size: int,
         paths = [p for part in (train_set, val_set, test_set) for t in part.triplets for p in t.paths]
         bank = ImageBank.decode(paths, size, cfg.workers, progress=cfg.progress)
     bank = bank.to(device)
-    return PreparedData(TripletImages(train_set, bank), TripletImages(val_set, bank), TripletImages(test_set, bank),
-                        split, triplets, template, val_from_split)
+    return PreparedData(
+        TripletImages(train_set, bank),
+        TripletImages(val_set, bank),
+        TripletImages(test_set, bank),
+        split,
+        triplets,
+        template,
+        val_from_split,
+    )
 
 
 def _seed_all(seed: int) -> None:
@@ -130,14 +149,14 @@ def _seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _rng_state() -> Dict[str, Any]:
+def _rng_state() -> dict[str, Any]:
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
-def _set_rng_state(state: Dict[str, Any]) -> None:
+def _set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
@@ -145,8 +164,9 @@ def _set_rng_state(state: Dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _accuracy(metric: PerFace, data: TripletImages, cfg: TrainConfig, device: torch.device, desc: str
-              ) -> Optional[Dict[str, Any]]:
+def _accuracy(
+    metric: PerFace, data: TripletImages, cfg: TrainConfig, device: torch.device, desc: str
+) -> Optional[dict[str, Any]]:
     """Accuracy with 95% CI on ``data`` (None if empty); leaves ``metric`` in eval mode."""
     if len(data) == 0:
         return None
@@ -160,7 +180,7 @@ class _Log:
 
     def __init__(self, path: Path, enabled: bool, keep: bool) -> None:
         self.path, self.enabled = path, enabled
-        self.lines: List[str] = path.read_text().splitlines() if keep and path.is_file() else []
+        self.lines: list[str] = path.read_text().splitlines() if keep and path.is_file() else []
 
     def write(self, **record: Any) -> None:
         if self.enabled:
@@ -185,8 +205,16 @@ def micro_batch_size(bn: str, device: torch.device, batch_size: int, net: nn.Mod
     return batch_size
 
 
-def train_step(embedder: nn.Module, x: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-               margin: float, micro: int, amp_dtype: Optional[torch.dtype], sync_last_only: bool = False) -> float:
+def train_step(
+    embedder: nn.Module,
+    x: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    margin: float,
+    micro: int,
+    amp_dtype: Optional[torch.dtype],
+    sync_last_only: bool = False,
+) -> float:
     """One optimizer step on ``x`` (B, 3, 3, S, S): reference, positive, negative per triplet, any
     dtype ``embedder`` accepts. Runs ``micro`` triplets per forward/backward pass and accumulates
     their gradients (weighted by size, so the step equals the full batch's). Returns the loss."""
@@ -201,7 +229,7 @@ def train_step(embedder: nn.Module, x: torch.Tensor, optimizer: torch.optim.Opti
         with embedder.no_sync() if no_sync else contextlib.nullcontext():  # type: ignore[operator]
             with torch.autocast(x.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 e = embedder(chunk.transpose(0, 1).reshape(3 * n, *chunk.shape[2:])).float()
-            loss = triplet_margin_cosine_loss(e[:n], e[n:2 * n], e[2 * n:], margin) * (n / b)
+            loss = triplet_margin_cosine_loss(e[:n], e[n : 2 * n], e[2 * n :], margin) * (n / b)
             scaler.scale(loss).backward()
         total += float(loss.detach())
     scaler.step(optimizer)
@@ -217,12 +245,15 @@ def _claim(out: Path):
     try:
         lock.acquire()
     except Timeout:
-        raise OSError(errno.EBUSY, "another training run is writing into this output folder; wait for it to "
-                      "finish or choose another --out", str(out)) from None
+        raise OSError(
+            errno.EBUSY,
+            "another training run is writing into this output folder; wait for it to finish or choose another --out",
+            str(out),
+        ) from None
     return lock
 
 
-def train(cfg: TrainConfig) -> Dict[str, Any]:
+def train(cfg: TrainConfig) -> dict[str, Any]:
     """Train as ``cfg`` says; returns the summary also written to ``OUT/summary.json``."""
     cfg = cfg.resolved()
     cfg.validate()
@@ -239,8 +270,9 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
             lock.release()
 
 
-def _train(cfg: TrainConfig, distributed: bool, rank: int, world: int, device: torch.device, out: Path
-           ) -> Dict[str, Any]:
+def _train(
+    cfg: TrainConfig, distributed: bool, rank: int, world: int, device: torch.device, out: Path
+) -> dict[str, Any]:
     if distributed and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     if device.type == "cuda":
@@ -271,18 +303,30 @@ def _train(cfg: TrainConfig, distributed: bool, rank: int, world: int, device: t
 
     params = [p for p in metric.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
-                 if cfg.lr_schedule == "cosine" else None)
+    scheduler = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs) if cfg.lr_schedule == "cosine" else None
+    )
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     embedder: nn.Module = _Embedder(metric)
     if cfg.compile:
         embedder = torch.compile(embedder)  # type: ignore[assignment]
     if distributed:
-        embedder = nn.parallel.DistributedDataParallel(embedder, device_ids=[device.index] if device.type == "cuda" else None)
+        embedder = nn.parallel.DistributedDataParallel(
+            embedder, device_ids=[device.index] if device.type == "cuda" else None
+        )
 
-    state = {"epoch": 0, "step": 0, "best_val": -1.0, "best_epoch": -1, "bad_epochs": 0, "train_seconds": 0.0,
-             "train_cpu_seconds": 0.0, "epoch_seconds": 0.0, "triplets_seen": 0}
-    baseline: Dict[str, Any] = {}
+    state = {
+        "epoch": 0,
+        "step": 0,
+        "best_val": -1.0,
+        "best_epoch": -1,
+        "bad_epochs": 0,
+        "train_seconds": 0.0,
+        "train_cpu_seconds": 0.0,
+        "epoch_seconds": 0.0,
+        "triplets_seen": 0,
+    }
+    baseline: dict[str, Any] = {}
     if resuming:
         ckpt = torch.load(last, map_location="cpu", weights_only=False)
         if ckpt["data_sha256"] != data.triplets.sha256 or ckpt["split"] != data.split.to_dict():
@@ -296,20 +340,31 @@ def _train(cfg: TrainConfig, distributed: bool, rank: int, world: int, device: t
         _set_rng_state(ckpt["rng"])
         log.write(event="resume", epoch=state["epoch"], step=state["step"])
     else:
-        log.write(event="start", config=cfg.to_dict(), world_size=world, device=str(device),
-                  amp=str(amp_dtype), counts=_counts(data))
+        log.write(
+            event="start",
+            config=cfg.to_dict(),
+            world_size=world,
+            device=str(device),
+            amp=str(amp_dtype),
+            counts=_counts(data),
+        )
         if main:
-            baseline = {"val": _accuracy(metric, data.val, cfg, device, "baseline val"),
-                        "test": _accuracy(metric, data.test, cfg, device, "baseline test")}
+            baseline = {
+                "val": _accuracy(metric, data.val, cfg, device, "baseline val"),
+                "test": _accuracy(metric, data.test, cfg, device, "baseline test"),
+            }
             log.write(event="baseline", epoch=0, val_acc=_mean(baseline["val"]), test_acc=_mean(baseline["test"]))
 
-    fields = lambda scores, improved=True: trained_fields(  # noqa: E731
-        init_spec, name, out_template, _trained_on(cfg, data), scores, cfg.license, improved=improved)
+    fields = lambda scores, improved=True: trained_fields(
+        init_spec, name, out_template, _trained_on(cfg, data), scores, cfg.license, improved=improved
+    )
     if main and state["best_epoch"] < 0:  # the initialization is the best so far
         write_checkpoint(out, metric, fields({}, improved=False))
         state["best_val"], state["best_epoch"] = _mean(baseline.get("val")) if baseline.get("val") else -1.0, 0
 
-    sampler = DistributedSampler(data.train, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed, drop_last=False)
+    sampler = DistributedSampler(
+        data.train, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed, drop_last=False
+    )
     micro = micro_batch_size(cfg.bn, device, cfg.batch_size, metric.net)
     from tqdm.auto import tqdm
 
@@ -332,8 +387,9 @@ def _train(cfg: TrainConfig, distributed: bool, rank: int, world: int, device: t
             x = data.train.uint8_batch(idx)
             flip = (torch.rand(x.shape[0], generator=flips) < cfg.hflip).to(x.device)
             x = torch.where(flip[:, None, None, None, None], x.flip(-1), x)
-            losses.append(train_step(embedder, x, optimizer, scaler, cfg.margin, micro, amp_dtype,
-                                     sync_last_only=distributed))
+            losses.append(
+                train_step(embedder, x, optimizer, scaler, cfg.margin, micro, amp_dtype, sync_last_only=distributed)
+            )
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             step_seconds += time.perf_counter() - s0
@@ -342,8 +398,13 @@ def _train(cfg: TrainConfig, distributed: bool, rank: int, world: int, device: t
             state["triplets_seen"] += x.shape[0] * world
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
             if state["step"] % cfg.log_every == 0:
-                log.write(event="step", epoch=epoch, step=state["step"], loss=float(np.mean(losses[-cfg.log_every:])),
-                          lr=optimizer.param_groups[0]["lr"])
+                log.write(
+                    event="step",
+                    epoch=epoch,
+                    step=state["step"],
+                    loss=float(np.mean(losses[-cfg.log_every :])),
+                    lr=optimizer.param_groups[0]["lr"],
+                )
             if cfg.max_steps is not None and state["step"] >= cfg.max_steps:
                 stop = True
                 break
@@ -371,17 +432,25 @@ def _train(cfg: TrainConfig, distributed: bool, rank: int, world: int, device: t
 def _warn_small_validation(n: int) -> None:
     if 0 < n < 50:
         half = 1.96 * 0.5 / np.sqrt(n)
-        warnings.warn(f"validation has only {n} unanimous triplets (95% CI up to +-{half:.2f}): the best epoch is "
-                      "chosen on noise; add judged triplets or raise --val-fraction / --val-holdout", stacklevel=4)
+        warnings.warn(
+            f"validation has only {n} unanimous triplets (95% CI up to +-{half:.2f}): the best epoch is "
+            "chosen on noise; add judged triplets or raise --val-fraction / --val-holdout",
+            stacklevel=4,
+        )
 
 
-def _mean(entry: Optional[Dict[str, Any]]) -> Optional[float]:
+def _mean(entry: Optional[dict[str, Any]]) -> Optional[float]:
     return None if entry is None else entry["mean"]
 
 
-def _counts(data: PreparedData) -> Dict[str, int]:
-    return {"loaded": len(data.triplets), "train": len(data.train), "val": len(data.val), "test": len(data.test),
-            "skipped_unreadable": len(data.triplets.skipped)}
+def _counts(data: PreparedData) -> dict[str, int]:
+    return {
+        "loaded": len(data.triplets),
+        "train": len(data.train),
+        "val": len(data.val),
+        "test": len(data.test),
+        "skipped_unreadable": len(data.triplets.skipped),
+    }
 
 
 def _train_set_name(cfg: TrainConfig) -> str:
@@ -390,8 +459,10 @@ def _train_set_name(cfg: TrainConfig) -> str:
 
 
 def _trained_on(cfg: TrainConfig, data: PreparedData) -> str:
-    return (f"{Path(cfg.data).name}: {_train_set_name(cfg)}; {data.split.description}; "
-            "the training data's own terms also apply")
+    return (
+        f"{Path(cfg.data).name}: {_train_set_name(cfg)}; {data.split.description}; "
+        "the training data's own terms also apply"
+    )
 
 
 def _end_epoch(cfg, metric, data, device, state, losses, log, main, out, fields) -> bool:
@@ -399,8 +470,15 @@ def _end_epoch(cfg, metric, data, device, state, losses, log, main, out, fields)
     if not main:
         return False
     val = _accuracy(metric, data.val, cfg, device, "val")
-    log.write(event="epoch", epoch=state["epoch"], step=state["step"], train_loss=float(np.mean(losses)) if losses else None,
-              val_acc=_mean(val), val=val, triplets_per_s=state["triplets_seen"] / max(state["train_seconds"], 1e-9))
+    log.write(
+        event="epoch",
+        epoch=state["epoch"],
+        step=state["step"],
+        train_loss=float(np.mean(losses)) if losses else None,
+        val_acc=_mean(val),
+        val=val,
+        triplets_per_s=state["triplets_seen"] / max(state["train_seconds"], 1e-9),
+    )
     improved = val is None or val["mean"] > state["best_val"]
     if improved:
         state["best_val"] = val["mean"] if val else -1.0
@@ -412,14 +490,21 @@ def _end_epoch(cfg, metric, data, device, state, losses, log, main, out, fields)
 
 
 def _save_last(path, metric, optimizer, scaler, scheduler, state, baseline, data) -> None:
-    ckpt = {"model": metric.net.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-            "scheduler": scheduler.state_dict() if scheduler is not None else None, "state": dict(state),
-            "baseline": baseline, "rng": _rng_state(), "data_sha256": data.triplets.sha256,
-            "split": data.split.to_dict()}
+    ckpt = {
+        "model": metric.net.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict(),
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "state": dict(state),
+        "baseline": baseline,
+        "rng": _rng_state(),
+        "data_sha256": data.triplets.sha256,
+        "split": data.split.to_dict(),
+    }
     atomic_write(path, lambda tmp: torch.save(ckpt, tmp))
 
 
-def _peak_memory_mb(device: torch.device) -> Dict[str, float]:
+def _peak_memory_mb(device: torch.device) -> dict[str, float]:
     self_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     child_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     mem = {"process_max_rss_mb": round(self_kb / 1024, 1), "workers_max_rss_mb": round(child_kb / 1024, 1)}
@@ -428,21 +513,27 @@ def _peak_memory_mb(device: torch.device) -> Dict[str, float]:
     return mem
 
 
-def _outcome(state: Dict[str, Any], baseline: Dict[str, Any], val: Optional[Dict[str, Any]]) -> Tuple[bool, str]:
+def _outcome(state: dict[str, Any], baseline: dict[str, Any], val: Optional[dict[str, Any]]) -> tuple[bool, str]:
     """(did training beat the initialization on validation?, one sentence saying what happened)."""
     init = baseline.get("val")
     if init is None or val is None:
-        return True, (f"no validation triplets: the last epoch ({state['best_epoch']}) was kept without a check "
-                      "against the initialization")
+        return True, (
+            f"no validation triplets: the last epoch ({state['best_epoch']}) was kept without a check "
+            "against the initialization"
+        )
     if state["best_epoch"] == 0:
-        return False, (f"no epoch beat the initialization on validation (initialization {init['mean']:.3f}, "
-                       f"n={init['n']}): the written weights are the initialization's, not fine-tuned ones")
-    return True, (f"epoch {state['best_epoch']} of {state['epoch']} had the best validation accuracy, {val['mean']:.3f} "
-                  f"[{val['ci_low']:.3f}, {val['ci_high']:.3f}] against {init['mean']:.3f} for the initialization "
-                  f"(n={val['n']})")
+        return False, (
+            f"no epoch beat the initialization on validation (initialization {init['mean']:.3f}, "
+            f"n={init['n']}): the written weights are the initialization's, not fine-tuned ones"
+        )
+    return True, (
+        f"epoch {state['best_epoch']} of {state['epoch']} had the best validation accuracy, {val['mean']:.3f} "
+        f"[{val['ci_low']:.3f}, {val['ci_high']:.3f}] against {init['mean']:.3f} for the initialization "
+        f"(n={val['n']})"
+    )
 
 
-def _finish(cfg, data, device, state, baseline, out, fields, init_spec, started, log) -> Dict[str, Any]:
+def _finish(cfg, data, device, state, baseline, out, fields, init_spec, started, log) -> dict[str, Any]:
     """Reload the best weights, score them on the test split, write the model card and the plot."""
     from ..signature import signature_of
 
@@ -455,38 +546,91 @@ def _finish(cfg, data, device, state, baseline, out, fields, init_spec, started,
     best = load()
     val, test = _accuracy(best, data.val, cfg, device, "val (best)"), _accuracy(best, data.test, cfg, device, "test")
     improved, outcome = _outcome(state, baseline, val)
-    scores: Dict[str, Any] = {}
-    for key, entry in (("val", val), ("test", test), ("init_val", baseline.get("val")), ("init_test", baseline.get("test"))):
+    scores: dict[str, Any] = {}
+    for key, entry in (
+        ("val", val),
+        ("test", test),
+        ("init_val", baseline.get("val")),
+        ("init_test", baseline.get("test")),
+    ):
         if entry is not None:
             scores[f"triplet_accuracy_{key}"] = entry
-    final = fields({**{k: round(v["mean"], 4) for k, v in scores.items()}, "protocol": data.split.description},
-                   improved=improved)
+    final = fields(
+        {**{k: round(v["mean"], 4) for k, v in scores.items()}, "protocol": data.split.description}, improved=improved
+    )
     write_checkpoint(out, best, final)
     signature = str(signature_of(load()))  # of the files just written: the hash is model.safetensors'
-    recipe = {k: getattr(cfg, k) for k in ("recipe", "epochs", "batch_size", "lr", "momentum", "weight_decay", "margin",
-                                             "lr_schedule", "hflip", "bn", "align", "patience", "seed", "train_set")}
+    recipe = {
+        k: getattr(cfg, k)
+        for k in (
+            "recipe",
+            "epochs",
+            "batch_size",
+            "lr",
+            "momentum",
+            "weight_decay",
+            "margin",
+            "lr_schedule",
+            "hflip",
+            "bn",
+            "align",
+            "patience",
+            "seed",
+            "train_set",
+        )
+    }
     recipe.update(best_epoch=state["best_epoch"], epochs_run=state["epoch"], steps=state["step"])
-    labels = {"triplet_accuracy_val": f"validation ({final['name']})", "triplet_accuracy_test": f"test ({final['name']})",
-              "triplet_accuracy_init_val": f"validation, initialization {init_spec.name}",
-              "triplet_accuracy_init_test": f"test, initialization {init_spec.name}"}
+    labels = {
+        "triplet_accuracy_val": f"validation ({final['name']})",
+        "triplet_accuracy_test": f"test ({final['name']})",
+        "triplet_accuracy_init_val": f"validation, initialization {init_spec.name}",
+        "triplet_accuracy_init_test": f"test, initialization {init_spec.name}",
+    }
     drawn = len(data.val) - data.val_from_split
-    validation = (f"{len(data.val)} unanimous triplets ({data.val_from_split} from the split's validation part"
-                  + (f", {drawn} drawn from its training part" if drawn > 0 else "") + "); the written epoch is the one "
-                  "with the best validation accuracy (epoch 0 = the initialization)")
-    append_training_card(out, {
-        "init": cfg.init, "data": cfg.data, "data_sha256": data.triplets.sha256, "split": data.split.description,
-        "train_set": _train_set_name(cfg), "counts": _counts(data), "recipe": recipe, "outcome": outcome,
-        "validation": validation, "signature": signature, "scores": {labels[k]: v for k, v in scores.items()},
-    })
-    summary = {"name": final["name"], "out": str(out), "signature": signature, "improved": improved, "outcome": outcome,
-               "scores": scores, "counts": _counts(data), "recipe": cfg.recipe,
-               "best_epoch": state["best_epoch"], "epochs_run": state["epoch"], "steps": state["step"],
-               "train_seconds": round(state["train_seconds"], 2), "train_cpu_seconds": round(state["train_cpu_seconds"], 2),
-               "epoch_seconds": round(state["epoch_seconds"], 2),
-               "wall_seconds": round(time.time() - started, 2),
-               "train_triplets_per_s": round(state["triplets_seen"] / max(state["train_seconds"], 1e-9), 3),
-               "epoch_triplets_per_s": round(state["triplets_seen"] / max(state["epoch_seconds"], 1e-9), 3),
-               "device": str(device), "torch_threads": torch.get_num_threads(), **_peak_memory_mb(device)}
+    validation = (
+        f"{len(data.val)} unanimous triplets ({data.val_from_split} from the split's validation part"
+        + (f", {drawn} drawn from its training part" if drawn > 0 else "")
+        + "); the written epoch is the one "
+        "with the best validation accuracy (epoch 0 = the initialization)"
+    )
+    append_training_card(
+        out,
+        {
+            "init": cfg.init,
+            "data": cfg.data,
+            "data_sha256": data.triplets.sha256,
+            "split": data.split.description,
+            "train_set": _train_set_name(cfg),
+            "counts": _counts(data),
+            "recipe": recipe,
+            "outcome": outcome,
+            "validation": validation,
+            "signature": signature,
+            "scores": {labels[k]: v for k, v in scores.items()},
+        },
+    )
+    summary = {
+        "name": final["name"],
+        "out": str(out),
+        "signature": signature,
+        "improved": improved,
+        "outcome": outcome,
+        "scores": scores,
+        "counts": _counts(data),
+        "recipe": cfg.recipe,
+        "best_epoch": state["best_epoch"],
+        "epochs_run": state["epoch"],
+        "steps": state["step"],
+        "train_seconds": round(state["train_seconds"], 2),
+        "train_cpu_seconds": round(state["train_cpu_seconds"], 2),
+        "epoch_seconds": round(state["epoch_seconds"], 2),
+        "wall_seconds": round(time.time() - started, 2),
+        "train_triplets_per_s": round(state["triplets_seen"] / max(state["train_seconds"], 1e-9), 3),
+        "epoch_triplets_per_s": round(state["triplets_seen"] / max(state["epoch_seconds"], 1e-9), 3),
+        "device": str(device),
+        "torch_threads": torch.get_num_threads(),
+        **_peak_memory_mb(device),
+    }
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     atomic_write_text(out / "split.json", json.dumps(data.split.to_dict()) + "\n")
     log.write(event="finish", **summary)

@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image, ImageFilter, ImageOps
 
+from conftest import sface_signature
 from perface.eval.anonymization import list_images, match_pairs, reid_ranks
 
 MAX_SIDE = 320
@@ -183,10 +184,7 @@ def test_module_entry_point_lists_the_subcommands():
 
 
 def test_every_output_carries_the_metric_signature_and_the_small_set_warning(anon_out):
-    from perface import PerFace
-    from perface.signature import signature_of
-
-    sig = str(signature_of(PerFace("sface"), "detect"))
+    sig = sface_signature("detect")
     s = json.loads((anon_out / "summary.json").read_text())
     assert s["models"][0]["signature"] == sig
     with open(anon_out / "pairs.csv") as f:

@@ -23,6 +23,7 @@ import torch
 from .._io import atomic_write_text
 from ..commands import add_quiet
 from ..devices import resolve_device
+from ..registry import DEFAULT_MODEL
 from ..signature import signature_of
 from ..stats import bootstrap_ci
 from ..train.data import TripletSet, load_triplets
@@ -177,7 +178,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         dest="models",
         metavar="NAME_OR_DIR",
-        help="model to score; repeat for several (default: sface)",
+        help=f"model to score; repeat for several (default: {DEFAULT_MODEL})",
     )
     parser.add_argument(
         "--split",
@@ -259,7 +260,7 @@ def run(args: argparse.Namespace) -> int:
         if Path(out).suffix.lower() not in suffixes:
             raise ValueError(f"--output {out}: use a .md, .csv or .json file name")
     rows = evaluate_triplets(
-        args.models or ["sface"],
+        args.models or [DEFAULT_MODEL],
         triplets,
         args.align,
         _groups(args.group_by),

@@ -24,6 +24,7 @@ from typing import Any, Callable, Optional, Union
 import torch
 
 from .._io import atomic_dir, atomic_write_text
+from ..registry import DEFAULT_MODEL
 from .pool import SAVE_EVERY, Pool, PoolSet
 from .search import DEFAULT_CHUNK_ROWS, Selection, _check_selection, search
 
@@ -377,7 +378,7 @@ def rank(
     keep_copies: bool = False,
     labels: Optional[PathLike] = None,
     group: Union[str, Sequence[str], None] = None,
-    model: Any = "sface",
+    model: Any = DEFAULT_MODEL,
     cache: Union[PathLike, bool, None] = None,
     update: bool = True,
     rebuild: bool = False,

@@ -7,6 +7,7 @@ gave for them with the original SFace ONNX, so equivalence is checked without on
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -118,11 +119,11 @@ def test_similarity_and_distance_agree(metric, faces):
 
 def test_chunked_cpu_embedding_equals_one_pass(metric, faces, monkeypatch):
     x = torch.cat([faces, faces.flip(-1)])  # 12 faces, more than one chunk
-    assert x.shape[0] > metric.net.cpu_chunk
+    assert x.shape[0] > metric.spec.cpu_chunk
     xa = x.clone().requires_grad_(True)
     chunked = metric.embed(xa)
     (chunked * torch.linspace(-1, 1, 128)).sum().backward()
-    monkeypatch.setattr(metric.net, "cpu_chunk", None)
+    monkeypatch.setattr(metric, "spec", dataclasses.replace(metric.spec, cpu_chunk=None))
     xb = x.clone().requires_grad_(True)
     single = metric.embed(xb)
     (single * torch.linspace(-1, 1, 128)).sum().backward()

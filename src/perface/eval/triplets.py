@@ -23,6 +23,7 @@ import torch
 from .._io import atomic_write_text
 from ..commands import add_quiet
 from ..devices import resolve_device
+from ..labels import read_labels
 from ..registry import DEFAULT_MODEL
 from ..signature import signature_of
 from ..stats import bootstrap_ci
@@ -50,12 +51,8 @@ def _groups(spec: Optional[str]) -> Optional[dict[str, str]]:
     if not spec:
         return None
     path, _, column = spec.rpartition(":")
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        rows = list(csv.DictReader(fh))
-    if not rows or column not in rows[0]:
-        raise ValueError(f"--group-by {spec}: column {column!r} not in {path}")
-    key = "tripletId" if "tripletId" in rows[0] else "id"
-    return {row[key]: row[column] for row in rows}
+    labels = read_labels(path, ("tripletId", "id"), required=(column,))
+    return {row[labels.key]: row[column] for row in labels.rows}
 
 
 def evaluate_triplets(

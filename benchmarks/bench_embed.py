@@ -77,9 +77,11 @@ def bench_perface(source: str, quick: bool) -> dict[str, object]:
 
 def _untuned_child(quick: bool) -> dict[str, object]:
     """SFace with glibc's malloc defaults and no chunking (run in a fresh process)."""
-    from perface.archs import SFace
+    import dataclasses
 
-    SFace.cpu_chunk = None
+    from perface.registry import MODELS, register
+
+    register(dataclasses.replace(MODELS["sface"], cpu_chunk=None))
     return bench_perface("sface", quick)
 
 

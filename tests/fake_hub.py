@@ -5,12 +5,15 @@ expects (``X-Repo-Commit``, ``ETag``/``X-Linked-Etag``, ``X-Linked-Size``, ``Con
 404s carry ``X-Error-Code`` RepoNotFound / RevisionNotFound / EntryNotFound) and counts the
 requests it gets. ``head_delay``/``get_delay`` make it slow (timeouts) and ``head_barrier`` makes clients meet
 (concurrency).
+:class:`SilentServer` accepts connections and never answers (a Hub that hangs), and
+:class:`HubCalls` records what perface hands to huggingface_hub's HTTP functions.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import socket
 import threading
 import time
 from collections import Counter
@@ -137,6 +140,63 @@ class FakeHub:
                 handler.wfile.write(data)
         except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout tests)
             pass
+
+
+class SilentServer:
+    """A TCP server on 127.0.0.1 that accepts every connection and never sends a byte: a hung
+    Hub. ``connections`` counts the connections made to it (one per attempt)."""
+
+    def __init__(self) -> None:
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self._sock.settimeout(0.05)
+        self._lock = threading.Lock()
+        self._open: list[socket.socket] = []
+        self._stopped = threading.Event()
+        self.connections = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def endpoint(self) -> str:
+        host, port = self._sock.getsockname()[:2]
+        return f"http://{host}:{port}"
+
+    def _accept(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:  # closed by stop()
+                return
+            with self._lock:
+                self.connections += 1
+                self._open.append(conn)  # held open, never answered
+
+    def stop(self) -> None:
+        self._stopped.set()
+        with self._lock:
+            for conn in self._open:
+                conn.close()
+        self._sock.close()
+
+
+class HubCalls:
+    """Wraps huggingface_hub's ``get_hf_file_metadata`` (the HEAD request perface makes first)
+    and ``hf_hub_download``, records each call's keyword arguments and calls through."""
+
+    def __init__(self, monkeypatch) -> None:
+        import huggingface_hub
+
+        self.head: list[dict] = []
+        self.download: list[dict] = []
+        for name, calls in (("get_hf_file_metadata", self.head), ("hf_hub_download", self.download)):
+            real = getattr(huggingface_hub, name)
+
+            def spy(*args, _real=real, _calls=calls, **kwargs):
+                _calls.append(kwargs)
+                return _real(*args, **kwargs)
+
+            monkeypatch.setattr(huggingface_hub, name, spy)
 
 
 def point_hf_at(endpoint: str, home: Path, monkeypatch) -> Path:

@@ -7,6 +7,7 @@ gave for them with the original SFace ONNX, so equivalence is checked without on
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -54,7 +55,10 @@ def test_torch_matches_onnxruntime_on_real_faces(metric, crops):
     with torch.no_grad():
         raw = metric.net(metric.preprocess(crops))
     assert raw.shape == reference.shape
-    assert (raw - reference).abs().max().item() <= 1e-4
+    # relative to each embedding's norm (about 12): float32 through ~50 layers whose kernels differ
+    # between CPUs (and from onnxruntime's) in the last bits; 1.1e-6 measured on an AMD EPYC
+    relative = (raw - reference).norm(dim=1) / reference.norm(dim=1)
+    assert relative.max().item() <= 1e-4
     cos = (metric.embed(crops) * nn.functional.normalize(reference, dim=1)).sum(1)
     assert cos.min().item() >= 0.99999
 
@@ -115,11 +119,11 @@ def test_similarity_and_distance_agree(metric, faces):
 
 def test_chunked_cpu_embedding_equals_one_pass(metric, faces, monkeypatch):
     x = torch.cat([faces, faces.flip(-1)])  # 12 faces, more than one chunk
-    assert x.shape[0] > metric.net.cpu_chunk
+    assert x.shape[0] > metric.spec.cpu_chunk
     xa = x.clone().requires_grad_(True)
     chunked = metric.embed(xa)
     (chunked * torch.linspace(-1, 1, 128)).sum().backward()
-    monkeypatch.setattr(metric.net, "cpu_chunk", None)
+    monkeypatch.setattr(metric, "spec", dataclasses.replace(metric.spec, cpu_chunk=None))
     xb = x.clone().requires_grad_(True)
     single = metric.embed(xb)
     (single * torch.linspace(-1, 1, 128)).sum().backward()
@@ -210,12 +214,16 @@ def test_single_image_chw(metric, faces):
 
 
 def test_broadcasting_one_against_many(metric, faces):
+    """One image against six equals the image repeated six times. The one image goes through the
+    network as a batch of 1, the repeated one as a batch of 6, which may pick other kernels: the
+    distances (in [0, 2]) then differ by float32 rounding (eps 1.2e-7 per operation; 1.8e-7 measured
+    on an AMD EPYC), so 1e-5 holds on any CPU while a wrong pairing is off by 0.2 or more."""
     with torch.no_grad():
         d = metric(faces[:1], faces)
         expected = metric(faces[:1].expand_as(faces), faces)
     assert d.shape == (len(NAMES),)
-    assert torch.allclose(d, expected, atol=1e-6)
-    assert d[0].abs().item() <= 1e-6
+    assert torch.allclose(d, expected, rtol=0, atol=1e-5)
+    assert d[0].abs().item() <= 1e-5
 
 
 # --- modes ------------------------------------------------------------------------------------------
@@ -298,7 +306,7 @@ def test_import_is_cheap_and_offline():
     assert report["name"] == "sface"
 
 
-def test_cli_similarity_prints_score_and_model(metric, faces, tmp_path, capsys):
+def test_cli_similarity_prints_score_and_model(tmp_path, capsys):
     from PIL import Image
 
     from perface.cli import main
@@ -310,6 +318,6 @@ def test_cli_similarity_prints_score_and_model(metric, faces, tmp_path, capsys):
     assert main(["similarity", "--aligned", "arcface", str(paths[0]), str(paths[1])]) == 0
     out = capsys.readouterr().out.strip()
     assert "sface" in out
-    with torch.no_grad():
-        expected = metric.similarity(faces[0], faces[3]).item()
+    onnx = nn.functional.normalize(torch.from_numpy(REFERENCE["onnx_embeddings"][[0, 3]]), dim=1)
+    expected = float(onnx[0] @ onnx[1])  # onnxruntime's embeddings of the same two crops
     assert float(out.split()[0]) == pytest.approx(expected, abs=1e-3)

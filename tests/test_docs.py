@@ -41,6 +41,19 @@ def _runnable(doc: Path) -> bool:
     return doc.is_file() and any(python_blocks(doc.read_text(encoding="utf-8")))
 
 
+def test_every_block_that_prints_also_asserts():
+    """A doc example shows readers what it prints; the test must check what it shows. A block
+    that prints without an ``assert`` is either given one or fenced ``python no-run`` (prose)."""
+    silent = [
+        f"{doc.relative_to(REPO)}:{line}"
+        for doc in DOC_FILES
+        if doc.is_file()
+        for line, code in python_blocks(doc.read_text(encoding="utf-8"))
+        if re.search(r"\bprint\(", code) and not re.search(r"^\s*assert\b", code, re.M)
+    ]
+    assert silent == [], f"doc blocks that print but assert nothing: {silent}"
+
+
 # Pages without a runnable block (prose, shell commands, no-run blocks) are no test case at all,
 # rather than a case that is always skipped.
 @pytest.mark.parametrize("doc", [p for p in DOC_FILES if _runnable(p)], ids=lambda p: p.name)

@@ -14,12 +14,12 @@ import torch.nn.functional as F
 from PIL import Image
 
 import perface
+from conftest import sface_signature
 from perface.alignment import FixedAlign, choose_faces, similarity_transform, warp_affine
 from perface.detection import Face, Faces, find_faces, get_detector, implausible
 from perface.embedding import FAILURES, embed
 from perface.errors import ImageReadError, InputRangeError, NoFaceError
 from perface.imageio import IMAGE_SUFFIXES, Photo
-from perface.signature import signature_of
 from perface.templates import DEFAULT_SIZES, TEMPLATES, template_points
 
 
@@ -50,7 +50,7 @@ def test_embed_result_rows_boxes_landmarks_and_signature(faces_dir, tmp_path, me
     assert "ImageReadError" in result.errors[1] and "missing.jpg" in result.errors[1]
     assert torch.isnan(result.boxes[1]).all() and torch.isnan(result.embeddings[1]).all()
     assert torch.allclose(result.embeddings[[0, 2]].norm(dim=1), torch.ones(2), atol=1e-5)
-    assert result.signature == str(signature_of(metric, "detect")) and result.model == "sface"
+    assert result.signature == sface_signature("detect") and result.model == "sface"
     # the landmarks are the detector's, in photo pixels (reference: the detector run on the full photo)
     full = get_detector().detect(perface.load_image(paths[0]).unsqueeze(0))[0][0]
     assert np.abs(result.landmarks[0].numpy() - full.landmarks).max() < 0.02 * _eye_distance(full.landmarks)
@@ -75,7 +75,7 @@ def test_pre_aligned_crops_take_the_same_path(hopper, metric):
     crop = perface.align_faces(hopper, template="arcface", size=112)
     result = embed([crop[0]], metric, align="arcface", progress=False)
     assert torch.isnan(result.boxes).all() and result.ok.all()
-    assert result.signature == str(signature_of(metric, "arcface"))
+    assert result.signature == sface_signature("arcface")
     with torch.no_grad():
         direct = metric.embed(crop)
     assert float(result.embeddings[0] @ direct[0]) > 0.999

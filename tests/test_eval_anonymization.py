@@ -13,7 +13,8 @@ import pytest
 import torch
 from PIL import Image, ImageFilter, ImageOps
 
-from perface.eval.anonymization import list_images, match_pairs, reid_ranks
+from conftest import sface_signature
+from perface.eval.anonymization import images_by_stem, match_pairs, reid_ranks
 
 MAX_SIDE = 320
 PHOTOS = ["obama.jpg", "obama2.jpg", "obama3.jpg", "biden.jpg", "grace_hopper.jpg", "astronaut.png"]
@@ -62,8 +63,8 @@ def sets(tmp_path_factory, faces_dir):
 
 
 def test_matching_by_name_reports_both_sides(sets):
-    o, _ = list_images(sets["orig"])
-    a, _ = list_images(sets["anon"])
+    o, _ = images_by_stem(sets["orig"])
+    a, _ = images_by_stem(sets["anon"])
     keys, only_o, only_a = match_pairs(o, a)
     assert keys == sorted(["obama", "obama2", "obama3", "biden", "grace_hopper"])
     assert only_o == ["astronaut"] and only_a == ["stranger"]
@@ -72,7 +73,7 @@ def test_matching_by_name_reports_both_sides(sets):
 def test_same_name_with_two_extensions_is_reported(tmp_path):
     for name in ("a.jpg", "a.png", "b.jpg"):
         Image.new("RGB", (8, 8)).save(tmp_path / name)
-    files, skipped = list_images(tmp_path)
+    files, skipped = images_by_stem(tmp_path)
     assert sorted(files) == ["a", "b"] and len(skipped) == 1 and "a.png" in skipped[0][0]
 
 
@@ -183,10 +184,7 @@ def test_module_entry_point_lists_the_subcommands():
 
 
 def test_every_output_carries_the_metric_signature_and_the_small_set_warning(anon_out):
-    from perface import PerFace
-    from perface.signature import signature_of
-
-    sig = str(signature_of(PerFace("sface"), "detect"))
+    sig = sface_signature("detect")
     s = json.loads((anon_out / "summary.json").read_text())
     assert s["models"][0]["signature"] == sig
     with open(anon_out / "pairs.csv") as f:

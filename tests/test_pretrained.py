@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import perface
-from fake_hub import FakeHub, point_hf_at, subprocess_env
+from fake_hub import FakeHub, HubCalls, SilentServer, point_hf_at, subprocess_env
 from perface import IncompatibleCheckpointError, UnknownModelError, WeightsNotCachedError, WeightsNotFoundError
 from perface.pretrained import PublishedCheckpoint, parse_hub_id
 
@@ -231,17 +230,31 @@ def _closed_port() -> int:
         return s.getsockname()[1]
 
 
-def test_arcface_without_network_fails_fast_and_says_what_to_do(tmp_path, monkeypatch):
-    home = point_hf_at(f"http://127.0.0.1:{_closed_port()}", tmp_path / "empty_home", monkeypatch)
-    start = time.monotonic()
-    with pytest.raises(WeightsNotCachedError) as info:
-        perface.PerFace("arcface-r50-ms1mv3")
-    assert time.monotonic() - start < 10
+@pytest.mark.parametrize("hub", ["closed port", "never answers"])
+def test_arcface_without_network_fails_fast_and_says_what_to_do(hub, tmp_path, monkeypatch):
+    """Fail fast is a mechanism: one HEAD request with the etag timeout (here 0.5 s), no retry
+    loop, no download attempt; then a message that says what to do."""
+    from huggingface_hub import constants
+
+    silent = SilentServer() if hub == "never answers" else None
+    endpoint = silent.endpoint if silent else f"http://127.0.0.1:{_closed_port()}"
+    home = point_hf_at(endpoint, tmp_path / "empty_home", monkeypatch)
+    monkeypatch.setattr(constants, "HF_HUB_ETAG_TIMEOUT", 0.5)
+    calls = HubCalls(monkeypatch)
+    try:
+        with pytest.raises(WeightsNotCachedError) as info:
+            perface.PerFace("arcface-r50-ms1mv3")
+        assert [c["timeout"] for c in calls.head] == [0.5] and calls.download == []
+        if silent:
+            assert silent.connections == 1  # one attempt, no retries
+    finally:
+        if silent:
+            silent.stop()
     message = str(info.value)
     for needle in (
         "'arcface-r50-ms1mv3'",
         str(home / "hub"),
-        "could not be reached",
+        "did not answer within 0.5 s" if silent else "could not be reached",
         "perface download arcface-r50-ms1mv3",
         "--from-file",
         "HF_ENDPOINT",

@@ -17,6 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import reference_similarity, sface_signature
 from perface import cli
 
 OBAMA = {"obama.jpg", "obama2.jpg", "obama3.jpg", "obama2_rgba.png", "obama_partial_face.jpg"}
@@ -218,6 +219,8 @@ def test_dataloader_workers_give_the_cached_rows(ranked, pool):
     assert set(batch.errors) == {1} and "NoFaceError" in batch.errors[1]
     assert torch.allclose(batch.embeddings[[0, 2]], cached.embeddings[[rows[0], rows[2]]], atol=1e-5)
     assert torch.allclose(batch.boxes[[0, 2]], cached.boxes[[rows[0], rows[2]]], atol=1e-3)
+    biden_obama3 = float(batch.embeddings[0] @ batch.embeddings[2])
+    assert biden_obama3 == pytest.approx(reference_similarity("biden.jpg", "obama3.jpg"), abs=0.005)
 
 
 def test_copies_and_links_of_the_target_are_left_out_unless_kept(ranked, pool, tmp_path, capsys):
@@ -251,11 +254,8 @@ def test_copies_and_links_of_the_target_are_left_out_unless_kept(ranked, pool, t
 
 
 def test_every_output_carries_the_metric_signature(ranked, pool, tmp_path, capsys):
-    import perface
-    from perface.signature import signature_of
-
     out, cache = ranked
-    expected = str(signature_of(perface.PerFace("sface"), "detect"))
+    expected = sface_signature("detect")
     assert {r["signature"] for r in read_csv(out / "ranking.csv")} == {expected}
     summary = json.loads((out / "summary.json").read_text())
     assert summary["signature"] == expected

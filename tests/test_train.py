@@ -256,11 +256,10 @@ def test_micro_batches_give_the_full_batch_gradient():
 def test_micro_batches_only_where_they_pay():
     """CPU + frozen BatchNorm + a backbone that asks for small CPU batches (SFace): micro-batches;
     BatchNorm in training mode, a GPU, or a backbone without ``cpu_chunk`` (iresnet50): whole batches."""
-    import perface
-    from perface.archs import build_backbone
+    from perface.registry import get_spec
     from perface.train.trainer import micro_batch_size
 
-    sface, r50 = perface.PerFace("sface").net, build_backbone("iresnet50")
+    sface, r50 = get_spec("sface"), get_spec("arcface-r50-ms1mv3")
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
     assert micro_batch_size("frozen", cpu, 32, sface) < 32
     assert micro_batch_size("train", cpu, 32, sface) == 32

@@ -418,13 +418,13 @@ def _frozen_net(metric) -> Optional[nn.Module]:
 def _embed_crops(metric, crops: torch.Tensor) -> torch.Tensor:
     """(K, 3, S, S) float32 crops in [0, 1], aligned to the metric's template -> (K, D)
     L2-normalized embeddings: ``metric.embed``, through the frozen CPU copy of its network where
-    there is one (SFace, 8 faces, 1 thread: 15.7 -> 7.0 ms per face), in the network's
-    ``cpu_chunk`` batches."""
+    there is one (SFace, 8 faces, 1 thread: 15.7 -> 7.0 ms per face), in batches of the model
+    spec's ``cpu_chunk``."""
     frozen = _frozen_net(metric)
     if frozen is None:
         return metric.embed(crops, align="none")
     x = metric.preprocess(crops, align="none").contiguous(memory_format=torch.channels_last)
-    chunk = getattr(metric.net, "cpu_chunk", None) or x.shape[0]
+    chunk = metric.spec.cpu_chunk or x.shape[0]
     return F.normalize(torch.cat([frozen(part) for part in x.split(chunk)]), dim=1)
 
 

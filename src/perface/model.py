@@ -231,9 +231,9 @@ class PerFace(nn.Module):
             to_unit_range(x, self.value_range, self.check_range)  # still check shape and dtype
             return torch.zeros((0, self.embedding_size), device=x.device)
         x = self.preprocess(x, aligned, align)
-        # A backbone may ask for CPU batches in chunks (``cpu_chunk``; same results and gradients):
+        # The spec may ask for CPU batches in chunks (``cpu_chunk``; same results and gradients):
         # not in training mode, where BatchNorm's batch statistics depend on the whole batch.
-        chunk = getattr(self.net, "cpu_chunk", None)
+        chunk = self.spec.cpu_chunk
         if chunk is None or self.net.training or x.device.type != "cpu" or x.shape[0] <= chunk:
             return F.normalize(self.net(x), dim=1)
         return F.normalize(torch.cat([self.net(part) for part in x.split(chunk)]), dim=1)

@@ -26,6 +26,8 @@ from itertools import combinations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Union
 
+from .registry import DEFAULT_MODEL
+
 if TYPE_CHECKING:
     from .model import PerFace
 
@@ -205,7 +207,7 @@ def available() -> list[str]:
     )
 
 
-def load_reference(model: Union[str, PerFace] = "sface", path: Union[str, Path, None] = None) -> ReferenceSet:
+def load_reference(model: Union[str, PerFace] = DEFAULT_MODEL, path: Union[str, Path, None] = None) -> ReferenceSet:
     """The reference set shipped for ``model`` (a checkpoint name or a :class:`~perface.PerFace`),
     or the one in the JSON file ``path``.
 
@@ -255,7 +257,7 @@ def _check_applies(ref: ReferenceSet, model: Union[str, PerFace]) -> None:
 
 
 def reading(
-    score: float, model: Union[str, PerFace] = "sface", reference: Union[ReferenceSet, str, Path, None] = None
+    score: float, model: Union[str, PerFace] = DEFAULT_MODEL, reference: Union[ReferenceSet, str, Path, None] = None
 ) -> Reading:
     """Place a similarity ``score`` (a cosine in [-1, 1] from ``model``) among the pairs of a
     reference set.

@@ -53,6 +53,11 @@ class ModelSpec:
 
     Inputs are RGB in [0, 1]; the network sees ``(x - input_mean) / input_std``, resized to
     ``input_size`` and aligned to the named landmark ``template``.
+
+    ``cpu_chunk``: a speed knob, not part of the numbers. A frozen network on the CPU embeds at
+    most this many faces per forward pass (``PerFace.embed``, the photo pipeline) and training
+    on the CPU with frozen BatchNorm takes micro-batches; ``None``: whole batches. Results and
+    gradients are the same either way (up to float32 rounding).
     """
 
     name: str
@@ -70,6 +75,7 @@ class ModelSpec:
     weights: Optional[WeightsSource] = None
     scores: dict[str, Any] = field(default_factory=dict)
     citation: str = ""
+    cpu_chunk: Optional[int] = None
 
     @property
     def measures(self) -> str:
@@ -149,6 +155,9 @@ register(
         ),
         scores={"lfw_accuracy": 0.994, "lfw_accuracy_source": "OpenCV model zoo (int8bq model card)"},
         citation=_SFACE_CITATION,
+        # this memory-bound network runs about twice as fast on the CPU in chunks of 8 faces, whose
+        # activations (up to 26 MB) stay in glibc's heap (see perface._malloc) and closer to cache
+        cpu_chunk=8,
     )
 )
 

@@ -45,10 +45,6 @@ class SFace(nn.Module):
     """SFace backbone, 112x112 input, ``embedding_size``-d output."""
 
     input_size = 112
-    # Faces per forward pass of a frozen network on the CPU (used by PerFace.embed): this
-    # memory-bound network runs about twice as fast in chunks of 8, whose activations (up to
-    # 26 MB) stay in glibc's heap (see perface._malloc) and closer to cache, as at batch 32.
-    cpu_chunk = 8
 
     def __init__(self, embedding_size: int = 128, dropout: float = 0.0) -> None:
         super().__init__()

@@ -26,6 +26,7 @@ import torch
 from .._plotting import pyplot, save_figure
 from ..commands import add_quiet
 from ..imageio import IMAGE_SUFFIXES
+from ..labels import read_labels
 from ..registry import DEFAULT_MODEL
 from .report import (
     Notes,
@@ -38,13 +39,13 @@ from .report import (
     write_outputs,
 )
 
-__all__ = ["list_images", "match_pairs", "reid_ranks", "evaluate", "write_report", "add_arguments", "run"]
+__all__ = ["images_by_stem", "match_pairs", "reid_ranks", "evaluate", "write_report", "add_arguments", "run"]
 
 DEFAULT_THRESHOLDS = (0.3, 0.4, 0.5)
 TOP_K = (1, 5)
 
 
-def list_images(folder: Path) -> tuple[dict[str, Path], list[tuple[str, str]]]:
+def images_by_stem(folder: Path) -> tuple[dict[str, Path], list[tuple[str, str]]]:
     """Image files under ``folder`` (recursive) keyed by relative path without extension.
 
     Returns ``(files, skipped)``: ``skipped`` lists ``(path, reason)`` for files whose key is
@@ -108,13 +109,11 @@ class ModelResult:
 
 
 def _identity_map(path: Optional[Path]) -> dict[str, str]:
+    """``--identities``: a labels CSV with columns ``file`` and ``identity`` -> {file key: identity}."""
     if path is None:
         return {}
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        rows = list(csv.DictReader(f))
-    if not rows or not {"file", "identity"} <= set(rows[0]):
-        raise ValueError(f"{path}: expected a CSV with columns 'file' and 'identity'")
-    return {Path(r["file"]).with_suffix("").as_posix(): r["identity"] for r in rows}
+    labels = read_labels(path, ("file",), required=("identity",))
+    return {Path(r["file"]).with_suffix("").as_posix(): r["identity"] for r in labels.rows}
 
 
 def _embed(paths: list[Path], model, batch_size: int, num_workers: int, progress: bool):
@@ -176,15 +175,15 @@ def evaluate(
     from ..model import PerFace
     from ..signature import signature_of
 
-    orig_files, skipped_o = list_images(original)
-    anon_files, skipped_a = list_images(anonymized)
+    orig_files, skipped_o = images_by_stem(original)
+    anon_files, skipped_a = images_by_stem(anonymized)
     keys, only_orig, only_anon = match_pairs(orig_files, anon_files)
     if not keys:
         raise ValueError(
             f"no file names in common between {original} and {anonymized}; pairs are "
             "matched by file name without extension (a.jpg <-> a.png)"
         )
-    gal_files, skipped_g = (orig_files, []) if gallery is None else list_images(gallery)
+    gal_files, skipped_g = (orig_files, []) if gallery is None else images_by_stem(gallery)
     ids = _identity_map(identities)
     ident = lambda key: ids.get(key, key)
     gal_keys = sorted(gal_files)

@@ -26,38 +26,33 @@ from typing import Optional
 import torch
 
 from ..commands import add_quiet
+from ..labels import read_labels
 from ..registry import DEFAULT_MODEL
 from .groups import MIN_GROUP_SIZE, group_distances, group_scores
 from .report import Notes, warnings_markdown, write_outputs
 
-__all__ = ["read_labels", "evaluate", "write_report", "add_arguments", "run"]
+__all__ = ["attribute_tasks", "evaluate", "write_report", "add_arguments", "run"]
 
 Tasks = dict[str, list[Optional[str]]]
 
 
-def read_labels(
+def attribute_tasks(
     path: Path, attributes: Optional[Sequence[str]] = None, combine: Sequence[Sequence[str]] = ()
 ) -> tuple[list[str], Tasks]:
-    """``(files, tasks)`` from a labels CSV: ``tasks[name][i]`` is file i's group or None.
+    """``(files, tasks)`` from a labels CSV (:func:`perface.labels.read_labels`, a ``file``
+    column and one column per attribute): ``tasks[name][i]`` is file i's group or None.
 
     ``attributes``: the columns to use (default every column but ``file``); ``combine``: lists
     of columns whose values are joined with ``&`` into an intersection task.
     """
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        rows = list(csv.DictReader(f))
-    columns = list(rows[0].keys()) if rows else []
-    if "file" not in columns:
-        raise ValueError(f"{path}: expected a 'file' column and one column per attribute, got {columns}")
-    attributes = list(attributes) if attributes else [c for c in columns if c != "file"]
-    for col in list(attributes) + [c for group in combine for c in group]:
-        if col not in columns:
-            raise ValueError(f"{path}: no column {col!r}; columns are {columns}")
-    files = [r["file"].strip() for r in rows]
-    tasks: Tasks = {a: [r[a].strip() or None for r in rows] for a in attributes}
+    labels = read_labels(path, ("file",), required=[*(attributes or ()), *(c for group in combine for c in group)])
+    attributes = list(attributes) if attributes else labels.columns
+    rows = labels.rows
+    tasks: Tasks = {a: [r[a] or None for r in rows] for a in attributes}
     for group in combine:
-        vals = [[r[c].strip() for c in group] for r in rows]
+        vals = [[r[c] for c in group] for r in rows]
         tasks["&".join(group)] = ["&".join(v) if all(v) else None for v in vals]
-    return files, tasks
+    return labels.keys(), tasks
 
 
 def _task_result(
@@ -130,7 +125,7 @@ def evaluate(
 
     from ..signature import signature_of
 
-    files, tasks = read_labels(labels, attributes, combine)
+    files, tasks = attribute_tasks(labels, attributes, combine)
     paths = [Path(images) / f for f in files]
     report: dict[str, object] = {
         "images": str(images),

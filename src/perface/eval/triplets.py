@@ -23,6 +23,8 @@ import torch
 from .._io import atomic_write_text
 from ..commands import add_quiet
 from ..devices import resolve_device
+from ..labels import read_labels
+from ..registry import DEFAULT_MODEL
 from ..signature import signature_of
 from ..stats import bootstrap_ci
 from ..train.data import TripletSet, load_triplets
@@ -49,12 +51,8 @@ def _groups(spec: Optional[str]) -> Optional[dict[str, str]]:
     if not spec:
         return None
     path, _, column = spec.rpartition(":")
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        rows = list(csv.DictReader(fh))
-    if not rows or column not in rows[0]:
-        raise ValueError(f"--group-by {spec}: column {column!r} not in {path}")
-    key = "tripletId" if "tripletId" in rows[0] else "id"
-    return {row[key]: row[column] for row in rows}
+    labels = read_labels(path, ("tripletId", "id"), required=(column,))
+    return {row[labels.key]: row[column] for row in labels.rows}
 
 
 def evaluate_triplets(
@@ -177,7 +175,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         dest="models",
         metavar="NAME_OR_DIR",
-        help="model to score; repeat for several (default: sface)",
+        help=f"model to score; repeat for several (default: {DEFAULT_MODEL})",
     )
     parser.add_argument(
         "--split",
@@ -259,7 +257,7 @@ def run(args: argparse.Namespace) -> int:
         if Path(out).suffix.lower() not in suffixes:
             raise ValueError(f"--output {out}: use a .md, .csv or .json file name")
     rows = evaluate_triplets(
-        args.models or ["sface"],
+        args.models or [DEFAULT_MODEL],
         triplets,
         args.align,
         _groups(args.group_by),

@@ -14,6 +14,8 @@ from typing import Callable, Optional, Protocol, Union
 
 import torch
 
+from ..registry import DEFAULT_MODEL
+
 __all__ = ["EmbedBatch", "Embedder", "Progress", "PhotoEmbedder", "model_key"]
 
 Progress = Callable[[int], None]
@@ -61,7 +63,7 @@ class PhotoEmbedder:
 
     def __init__(
         self,
-        model="sface",
+        model=DEFAULT_MODEL,
         *,
         batch_size: int = 32,
         num_workers: int = 0,

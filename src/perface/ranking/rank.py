@@ -24,10 +24,12 @@ from typing import Any, Callable, Optional, Union
 import torch
 
 from .._io import atomic_dir, atomic_write_text
+from ..labels import read_labels
+from ..registry import DEFAULT_MODEL
 from .pool import SAVE_EVERY, Pool, PoolSet
 from .search import DEFAULT_CHUNK_ROWS, Selection, _check_selection, search
 
-__all__ = ["rank", "RankResult", "read_labels", "group_mask", "write_failures", "OUTPUTS"]
+__all__ = ["rank", "RankResult", "group_mask", "write_failures", "OUTPUTS"]
 
 PathLike = Union[str, Path]
 
@@ -238,24 +240,6 @@ def _thumbnail(src, box: torch.Tensor, tile: int):
     return im
 
 
-def read_labels(path: PathLike) -> tuple[list[str], dict[str, dict[str, str]]]:
-    """A labels CSV: a header row, a ``file`` column (else the first column) naming each photo
-    (relative to the pool folder, or a bare file name) and one column per attribute.
-    Returns (attribute columns, file -> {column: value})."""
-    path = Path(path)
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        if not reader.fieldnames:
-            raise ValueError(f"labels file {path} is empty; it needs a header row like 'file,gender,age'")
-        key = "file" if "file" in reader.fieldnames else reader.fieldnames[0]
-        table = {
-            row[key].strip().replace("\\", "/"): {k: (v or "").strip() for k, v in row.items() if k != key}
-            for row in reader
-            if row.get(key)
-        }
-    return [c for c in reader.fieldnames if c != key], table
-
-
 def _lookup(table: dict[str, dict[str, str]], name: str) -> Optional[dict[str, str]]:
     return table.get(name) or table.get(name.rsplit("/", 1)[-1])
 
@@ -270,9 +254,12 @@ def group_mask(
 
     Each group is ``COLUMN=VALUE`` (keep photos whose label equals VALUE) or ``COLUMN`` (keep
     photos sharing the target's label in COLUMN; the target must be in the labels file).
-    Photos missing from the labels file are left out.
+    Photos missing from the labels file are left out. ``labels``: see :func:`perface.labels.read_labels`
+    (a ``file`` column, else the first column, with paths relative to the pool folder or bare names).
     """
-    columns, table = read_labels(labels)
+    read = read_labels(labels, first_column_is_key=True)
+    columns = read.columns
+    table = {name.replace("\\", "/"): row for name, row in zip(read.keys(), read.rows)}
     resolved = []
     for group in groups:
         column, sep, value = group.partition("=")
@@ -377,7 +364,7 @@ def rank(
     keep_copies: bool = False,
     labels: Optional[PathLike] = None,
     group: Union[str, Sequence[str], None] = None,
-    model: Any = "sface",
+    model: Any = DEFAULT_MODEL,
     cache: Union[PathLike, bool, None] = None,
     update: bool = True,
     rebuild: bool = False,
@@ -407,7 +394,9 @@ def rank(
             and is dropped (e.g. a verification threshold of the model).
         keep_copies: keep byte-identical copies of the target file (the target's own file in
             the pool is still left out).
-        labels: a labels CSV (see :func:`read_labels`) naming each pool file's attributes.
+        labels: a labels CSV (see :func:`perface.labels.read_labels`): a ``file`` column (else the
+            first column) naming each pool file, relative to the pool folder or bare, and one column
+            per attribute.
         group: with ``labels``, one or more groups ``COLUMN`` (same value as the target) or
             ``COLUMN=VALUE``; only faces in every group are chosen.
         model: a :class:`perface.PerFace` or a model name/path.

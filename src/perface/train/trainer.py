@@ -38,6 +38,7 @@ from torch.utils.data.distributed import DistributedSampler
 from .._io import atomic_write, atomic_write_text, file_lock
 from ..devices import resolve_device
 from ..model import PerFace
+from ..registry import ModelSpec
 from ..stats import bootstrap_ci
 from .config import TrainConfig
 from .data import TripletSet, load_triplets
@@ -194,13 +195,13 @@ def _freeze_bn(module: nn.Module) -> None:
             m.eval()
 
 
-def micro_batch_size(bn: str, device: torch.device, batch_size: int, net: nn.Module) -> int:
+def micro_batch_size(bn: str, device: torch.device, batch_size: int, spec: ModelSpec) -> int:
     """Triplets per forward/backward pass: the whole batch, except on the CPU with frozen
-    BatchNorm for a backbone that runs faster in small CPU batches (one with a ``cpu_chunk``,
+    BatchNorm for a backbone that runs faster in small CPU batches (a spec with a ``cpu_chunk``,
     e.g. SFace), where :data:`CPU_MICRO_BATCH` triplets at a time give the same gradient faster.
     With BatchNorm in training mode the batch statistics need the whole batch at once; the
     compute-bound iresnet50 gains nothing from micro-batches (``benchmarks/bench_train.py``)."""
-    if device.type == "cpu" and bn == "frozen" and getattr(net, "cpu_chunk", None):
+    if device.type == "cpu" and bn == "frozen" and spec.cpu_chunk:
         return min(batch_size, CPU_MICRO_BATCH)
     return batch_size
 
@@ -365,7 +366,7 @@ def _train(
     sampler = DistributedSampler(
         data.train, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed, drop_last=False
     )
-    micro = micro_batch_size(cfg.bn, device, cfg.batch_size, metric.net)
+    micro = micro_batch_size(cfg.bn, device, cfg.batch_size, metric.spec)
     from tqdm.auto import tqdm
 
     stop = False

@@ -19,7 +19,7 @@ import weakref
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 import numpy as np
 import torch
@@ -30,6 +30,10 @@ from torch.utils.data import DataLoader, Dataset
 from .errors import PerFaceError
 from .imageio import batch_items, describe
 from .registry import DEFAULT_MODEL
+
+if TYPE_CHECKING:
+    from .model import PerFace
+    from .signature import Signature
 
 __all__ = ["FAILURES", "EmbedResult", "embed", "align_crops", "get_metric"]
 
@@ -109,7 +113,7 @@ class _Faces(Dataset):
         face_index: Sequence[FaceIndex],
         argument: Sequence[str],
         many: bool,
-        device,
+        device: Union[str, torch.device, None],
     ) -> None:
         self.sources, self.align, self.template, self.size = sources, align, template, size
         self.face_index, self.argument, self.many, self.device = face_index, argument, many, device
@@ -158,13 +162,13 @@ class _Faces(Dataset):
 
 
 @functools.lru_cache(maxsize=4)
-def _cached_metric(name: str):
+def _cached_metric(name: str) -> PerFace:
     from .model import PerFace
 
     return PerFace(name)
 
 
-def get_metric(model: Any):
+def get_metric(model: Any) -> PerFace:
     """``model`` if it is a :class:`~perface.PerFace`, else the (cached) ``PerFace(model)``."""
     from .model import PerFace
 
@@ -390,7 +394,7 @@ def embed(
 _FROZEN: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, Optional[nn.Module]]] = weakref.WeakKeyDictionary()
 
 
-def _frozen_net(metric) -> Optional[nn.Module]:
+def _frozen_net(metric: PerFace) -> Optional[nn.Module]:
     """The metric's network as :func:`perface._inference.frozen_for_cpu` makes it (cached, remade
     when its weights change), or None where it does not apply: not on the CPU, not float32, in
     training mode, or not traceable."""
@@ -415,7 +419,7 @@ def _frozen_net(metric) -> Optional[nn.Module]:
     return cached[1]
 
 
-def _embed_crops(metric, crops: torch.Tensor) -> torch.Tensor:
+def _embed_crops(metric: PerFace, crops: torch.Tensor) -> torch.Tensor:
     """(K, 3, S, S) float32 crops in [0, 1], aligned to the metric's template -> (K, D)
     L2-normalized embeddings: ``metric.embed``, through the frozen CPU copy of its network where
     there is one (SFace, 8 faces, 1 thread: 15.7 -> 7.0 ms per face), in the network's
@@ -428,7 +432,9 @@ def _embed_crops(metric, crops: torch.Tensor) -> torch.Tensor:
     return F.normalize(torch.cat([frozen(part) for part in x.split(chunk)]), dim=1)
 
 
-def _assemble(parts: list[_Item], embedded: torch.Tensor, errors: dict[int, str], metric, signature) -> EmbedResult:
+def _assemble(
+    parts: list[_Item], embedded: torch.Tensor, errors: dict[int, str], metric: PerFace, signature: Signature
+) -> EmbedResult:
     """Rows in input order (the DataLoader keeps it): each input's faces, or one NaN row."""
     nan = float("nan")
     rows, boxes, points, scores, source = [], [], [], [], []

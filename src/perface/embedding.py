@@ -19,7 +19,7 @@ import weakref
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union, cast
 
 import numpy as np
 import torch
@@ -39,7 +39,7 @@ __all__ = ["FAILURES", "EmbedResult", "embed", "align_crops", "get_metric"]
 
 # What counts as one input's failure (a NaN row + a reason), everywhere: perface's own errors
 # (unreadable file, no face, range), bad values or types of one input, and file-system errors.
-FAILURES: tuple[type, ...] = (PerFaceError, ValueError, TypeError, OSError)
+FAILURES: tuple[type[Exception], ...] = (PerFaceError, ValueError, TypeError, OSError)
 
 FaceIndex = Union[int, str, None]
 
@@ -126,7 +126,7 @@ class _Faces(Dataset):
         try:
             with torch.no_grad():
                 return self._crops(i, src) if self.align == "detect" else self._converted(i, src)
-        except FAILURES as exc:  # type: ignore[misc]  # a tuple of exception classes
+        except FAILURES as exc:
             return _Item(i, reason=_reason(exc, src, i), exception=exc)
 
     def _crops(self, i: int, src: Any) -> _Item:
@@ -185,7 +185,8 @@ def _face_indices(
                 f"{argument} has {len(face_index)} entries for {n} images; pass one per image, or one value for all"
             )
         return list(face_index), [f"{argument}[{i}]" for i in range(n)]
-    return [face_index] * n, [argument] * n  # type: ignore[list-item]  # one value, not a list
+    # not a list or tuple: one value for every input (a str such as "all" is a Sequence too)
+    return [cast(FaceIndex, face_index)] * n, [argument] * n
 
 
 def _batches(

@@ -119,7 +119,8 @@ class RetinaFaceMobile(nn.Module):
 
 def join(*outputs: Outputs) -> Outputs:
     """Outputs of several levels (finest first) as one network's outputs."""
-    return tuple(torch.cat(parts, dim=1) for parts in zip(*outputs))  # type: ignore[return-value]
+    boxes, scores, landmarks = (torch.cat(parts, dim=1) for parts in zip(*outputs))
+    return boxes, scores, landmarks
 
 
 @functools.lru_cache(maxsize=32)

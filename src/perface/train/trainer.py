@@ -249,6 +249,7 @@ def train_step(
         chunk = x[idx]
         n = chunk.shape[0]
         no_sync = sync_last_only and k < len(parts) - 1 and hasattr(embedder, "no_sync")
+        # nn.Module.__getattr__ is typed Tensor | Module: no_sync is DDP's method (hasattr above)
         with embedder.no_sync() if no_sync else contextlib.nullcontext():  # type: ignore[operator]
             with torch.autocast(x.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 e = embedder(chunk.transpose(0, 1).reshape(3 * n, *chunk.shape[2:])).float()
@@ -333,7 +334,7 @@ def _train(
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     embedder: nn.Module = _Embedder(metric)
     if cfg.compile:
-        embedder = torch.compile(embedder)  # type: ignore[assignment]
+        embedder = torch.compile(embedder)  # type: ignore[assignment]  # torch types it Callable; it is a Module
     if distributed:
         embedder = nn.parallel.DistributedDataParallel(
             embedder, device_ids=[device.index] if device.type == "cuda" else None

@@ -11,6 +11,7 @@ face as built, 7.0 ms with every convolution through oneDNN on channels_last ten
 from __future__ import annotations
 
 import copy
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +24,9 @@ class OneDNNConv2d(nn.Module):
     """A frozen ``nn.Conv2d`` that always runs through oneDNN (``aten::mkldnn_convolution``),
     for float32 CPU tensors (N, C, H, W), fastest in channels_last; any other input goes through
     ``F.conv2d``. Same outputs as the convolution it copies (to float rounding)."""
+
+    weight: torch.Tensor  # buffers (register_buffer in __init__)
+    bias: Optional[torch.Tensor]
 
     def __init__(self, conv: nn.Conv2d) -> None:
         super().__init__()

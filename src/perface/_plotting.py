@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Union
+from typing import TYPE_CHECKING, Union
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def pyplot():
@@ -19,7 +22,9 @@ def pyplot():
     return plt
 
 
-def save_figure(fig, path: Union[str, Path], dpi: Union[float, str] = "figure", footer: Sequence[str] = ()) -> Path:
+def save_figure(
+    fig: Figure, path: Union[str, Path], dpi: Union[float, str] = "figure", footer: Sequence[str] = ()
+) -> Path:
     """Lay out ``fig`` and write it to ``path`` (parents created); returns the path.
 
     ``footer``: lines in small monospace type under the plot (e.g. the metric signature, so that a

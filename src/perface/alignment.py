@@ -95,7 +95,7 @@ def _as3x3(m: torch.Tensor) -> torch.Tensor:
     return torch.cat([m, bottom], dim=-2)
 
 
-def _pixel_to_norm(w: int, h: int, dtype, device) -> torch.Tensor:
+def _pixel_to_norm(w: int, h: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """Pixel-centre coordinates -> ``grid_sample(align_corners=False)`` coordinates in [-1, 1]."""
     return torch.tensor(
         [[2.0 / w, 0.0, 1.0 / w - 1.0], [0.0, 2.0 / h, 1.0 / h - 1.0], [0.0, 0.0, 1.0]], dtype=dtype, device=device

@@ -27,9 +27,9 @@ mouth corner, right mouth corner ("left" = smaller x in the face's upright view)
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Optional, Union
+from typing import Any, Optional, TypeVar, Union
 
 import numpy as np
 import torch
@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from .hub import resolve_weights
 from .registry import DETECTOR
-from .retinaface import LEVELS
+from .retinaface import LEVELS, RetinaFaceMobile
 
 __all__ = ["Face", "Faces", "Detector", "get_detector", "detect_faces", "find_faces", "implausible"]
 
@@ -74,7 +74,7 @@ class Face:
         w, h = float(self.box[2] - self.box[0]), float(self.box[3] - self.box[1])
         return max(w, 0.0) * max(h, 0.0) * self.score
 
-    def mapped(self, fn) -> Face:
+    def mapped(self, fn: Callable[[np.ndarray], np.ndarray]) -> Face:
         """This face with ``fn`` applied to its (K, 2) points (box corners re-fitted around them)."""
         corners = fn(
             np.array(
@@ -125,7 +125,10 @@ def implausible(face: Face) -> Optional[str]:
     return None
 
 
-def _fold_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
+_M = TypeVar("_M", bound=torch.nn.Module)
+
+
+def _fold_batchnorm(module: _M) -> _M:
     """Fold every ``Conv2d -> BatchNorm2d`` pair of ``module``'s ``nn.Sequential`` blocks into one
     convolution (inference only; in place)."""
     from torch.nn.utils.fusion import fuse_conv_bn_eval
@@ -165,8 +168,6 @@ class Detector:
         max_side: int = MAX_SIDE,
     ) -> None:
         from safetensors.torch import load_file
-
-        from .retinaface import RetinaFaceMobile
 
         self.device = torch.device(device)
         self.threshold = threshold
@@ -318,7 +319,7 @@ def _side(face: Face, scale: tuple[float, float]) -> float:
     return max(float(face.box[2] - face.box[0]) * scale[0], float(face.box[3] - face.box[1]) * scale[1])
 
 
-def _unrotate(k: int, height: int, width: int):
+def _unrotate(k: int, height: int, width: int) -> Callable[[np.ndarray], np.ndarray]:
     """Maps points of ``torch.rot90(image, k, dims=(1, 2))`` back to ``image`` (``height`` x ``width``)."""
 
     def fn(p: np.ndarray) -> np.ndarray:

@@ -19,7 +19,7 @@ import weakref
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union, cast
 
 import numpy as np
 import torch
@@ -31,11 +31,15 @@ from .errors import PerFaceError
 from .imageio import batch_items, describe
 from .registry import DEFAULT_MODEL
 
+if TYPE_CHECKING:
+    from .model import PerFace
+    from .signature import Signature
+
 __all__ = ["FAILURES", "EmbedResult", "embed", "align_crops", "get_metric"]
 
 # What counts as one input's failure (a NaN row + a reason), everywhere: perface's own errors
 # (unreadable file, no face, range), bad values or types of one input, and file-system errors.
-FAILURES: tuple[type, ...] = (PerFaceError, ValueError, TypeError, OSError)
+FAILURES: tuple[type[Exception], ...] = (PerFaceError, ValueError, TypeError, OSError)
 
 FaceIndex = Union[int, str, None]
 
@@ -109,7 +113,7 @@ class _Faces(Dataset):
         face_index: Sequence[FaceIndex],
         argument: Sequence[str],
         many: bool,
-        device,
+        device: Union[str, torch.device, None],
     ) -> None:
         self.sources, self.align, self.template, self.size = sources, align, template, size
         self.face_index, self.argument, self.many, self.device = face_index, argument, many, device
@@ -122,7 +126,7 @@ class _Faces(Dataset):
         try:
             with torch.no_grad():
                 return self._crops(i, src) if self.align == "detect" else self._converted(i, src)
-        except FAILURES as exc:  # type: ignore[misc]  # a tuple of exception classes
+        except FAILURES as exc:
             return _Item(i, reason=_reason(exc, src, i), exception=exc)
 
     def _crops(self, i: int, src: Any) -> _Item:
@@ -158,13 +162,13 @@ class _Faces(Dataset):
 
 
 @functools.lru_cache(maxsize=4)
-def _cached_metric(name: str):
+def _cached_metric(name: str) -> PerFace:
     from .model import PerFace
 
     return PerFace(name)
 
 
-def get_metric(model: Any):
+def get_metric(model: Any) -> PerFace:
     """``model`` if it is a :class:`~perface.PerFace`, else the (cached) ``PerFace(model)``."""
     from .model import PerFace
 
@@ -181,7 +185,8 @@ def _face_indices(
                 f"{argument} has {len(face_index)} entries for {n} images; pass one per image, or one value for all"
             )
         return list(face_index), [f"{argument}[{i}]" for i in range(n)]
-    return [face_index] * n, [argument] * n  # type: ignore[list-item]  # one value, not a list
+    # not a list or tuple: one value for every input (a str such as "all" is a Sequence too)
+    return [cast(FaceIndex, face_index)] * n, [argument] * n
 
 
 def _batches(
@@ -390,7 +395,7 @@ def embed(
 _FROZEN: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, Optional[nn.Module]]] = weakref.WeakKeyDictionary()
 
 
-def _frozen_net(metric) -> Optional[nn.Module]:
+def _frozen_net(metric: PerFace) -> Optional[nn.Module]:
     """The metric's network as :func:`perface._inference.frozen_for_cpu` makes it (cached, remade
     when its weights change), or None where it does not apply: not on the CPU, not float32, in
     training mode, or not traceable."""
@@ -415,7 +420,7 @@ def _frozen_net(metric) -> Optional[nn.Module]:
     return cached[1]
 
 
-def _embed_crops(metric, crops: torch.Tensor) -> torch.Tensor:
+def _embed_crops(metric: PerFace, crops: torch.Tensor) -> torch.Tensor:
     """(K, 3, S, S) float32 crops in [0, 1], aligned to the metric's template -> (K, D)
     L2-normalized embeddings: ``metric.embed``, through the frozen CPU copy of its network where
     there is one (SFace, 8 faces, 1 thread: 15.7 -> 7.0 ms per face), in batches of the model
@@ -428,7 +433,9 @@ def _embed_crops(metric, crops: torch.Tensor) -> torch.Tensor:
     return F.normalize(torch.cat([frozen(part) for part in x.split(chunk)]), dim=1)
 
 
-def _assemble(parts: list[_Item], embedded: torch.Tensor, errors: dict[int, str], metric, signature) -> EmbedResult:
+def _assemble(
+    parts: list[_Item], embedded: torch.Tensor, errors: dict[int, str], metric: PerFace, signature: Signature
+) -> EmbedResult:
     """Rows in input order (the DataLoader keeps it): each input's faces, or one NaN row."""
     nan = float("nan")
     rows, boxes, points, scores, source = [], [], [], [], []

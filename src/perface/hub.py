@@ -20,12 +20,15 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from ._io import atomic_write, atomic_write_text, file_lock
 from ._version import __version__
 from .errors import ChecksumMismatchError, WeightsNotCachedError, WeightsNotFoundError, WeightsUnavailableError
 from .registry import WeightsSource
+
+if TYPE_CHECKING:
+    from filelock import BaseFileLock
 
 __all__ = [
     "EMBEDDED_DIR",
@@ -99,7 +102,7 @@ def _read_json(path: Path) -> Optional[dict[str, Any]]:
         return None
 
 
-def _lock(path: Path):
+def _lock(path: Path) -> BaseFileLock:
     return file_lock(path)
 
 
@@ -186,13 +189,13 @@ def _check_hub_file(path: Path, repo_id: str, revision: str, filename: str, pinn
 # --------------------------------------------------------------------------- Hub access
 
 
-def _network_error_types() -> tuple[type, ...]:
+def _network_error_types() -> tuple[type[BaseException], ...]:
     """Transport-level exception types of whichever HTTP client ``huggingface_hub`` uses."""
     import importlib
 
     from huggingface_hub.errors import OfflineModeIsEnabled
 
-    types: list[type] = [ConnectionError, TimeoutError, OfflineModeIsEnabled]
+    types: list[type[BaseException]] = [ConnectionError, TimeoutError, OfflineModeIsEnabled]
     for module, attrs in (
         ("httpx2", ("TransportError",)),
         ("httpx", ("TransportError",)),

@@ -18,13 +18,16 @@ import math
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar
 
 import numpy as np
 import torch
 
 from .errors import ImageReadError
 from .tensor_input import to_unit_range
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 __all__ = ["IMAGE_SUFFIXES", "Photo", "load_image", "load_images", "is_batch", "batch_items", "describe"]
 
@@ -132,7 +135,7 @@ def _composite(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     return rgb * alpha + BACKGROUND * (1.0 - alpha)
 
 
-def _from_pil(im) -> np.ndarray:
+def _from_pil(im: Image.Image) -> np.ndarray:
     """PIL image -> HWC float32 RGB in [0, 1] (EXIF orientation applied)."""
     from PIL import ImageOps
 
@@ -223,7 +226,7 @@ def load_images(srcs: Any) -> list[torch.Tensor]:
     return [load_image(srcs)]
 
 
-def _pil_pixels(im) -> torch.Tensor:
+def _pil_pixels(im: Image.Image) -> torch.Tensor:
     """Loaded PIL image -> (3, H, W), EXIF orientation applied: uint8 0..255 for 8-bit images
     (transparent ones composited on white), else float32 in [0, 1] (16-bit and float images
     keep their precision). A large photo is copied once, not once per step: the tensor shares
@@ -247,7 +250,7 @@ def _pil_pixels(im) -> torch.Tensor:
         return torch.from_numpy(np.asarray(im)).permute(2, 0, 1)
 
 
-def _header(im) -> Optional[tuple[tuple[int, int], bool]]:
+def _header(im: Image.Image) -> Optional[tuple[tuple[int, int], bool]]:
     """For a JPEG (decodable at reduced scale): (h, w) as stored and whether its EXIF orientation
     stores it sideways; None for other formats (PNG keeps EXIF after the pixels: reading the
     header would decode them)."""

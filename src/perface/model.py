@@ -13,7 +13,7 @@ from torch import nn
 from ._malloc import tune_malloc
 from .alignment import align_modes, build_aligner
 from .archs import build_backbone
-from .pretrained import load_pretrained
+from .pretrained import PublishedCheckpoint, load_pretrained
 from .registry import DEFAULT_MODEL, ModelSpec
 from .tensor_input import to_unit_range
 
@@ -74,6 +74,9 @@ class PerFace(nn.Module):
         trainable: if False (default) the network is frozen and stays in eval mode even inside
             a parent module switched to ``train()``; True for fine-tuning.
     """
+
+    _mean: torch.Tensor  # buffers (register_buffer in __init__)
+    _std: torch.Tensor
 
     def __init__(
         self,
@@ -154,11 +157,11 @@ class PerFace(nn.Module):
         return str(signature_of(self))
 
     @classmethod
-    def from_pretrained(cls, model: Union[str, Path], **kwargs) -> PerFace:
+    def from_pretrained(cls, model: Union[str, Path], **kwargs: Any) -> PerFace:
         """Same as ``PerFace(model, **kwargs)``: a registry name, Hub repo id or local directory."""
         return cls(model, **kwargs)
 
-    def save_pretrained(self, directory: Union[str, Path], **overrides) -> Path:
+    def save_pretrained(self, directory: Union[str, Path], **overrides: Any) -> Path:
         """Write ``model.safetensors``, ``config.json`` and a model card ``README.md`` to ``directory``.
 
         ``overrides`` replace checkpoint fields in the saved config/card (``name``, ``perceptual``,
@@ -176,8 +179,8 @@ class PerFace(nn.Module):
         private: Optional[bool] = None,
         token: Optional[str] = None,
         commit_message: Optional[str] = None,
-        **overrides,
-    ):
+        **overrides: Any,
+    ) -> PublishedCheckpoint:
         """Save and upload this checkpoint to the Hugging Face Hub repo ``repo_id`` (created if needed).
 
         Returns a :class:`perface.pretrained.PublishedCheckpoint` with the commit and sha256 to pin

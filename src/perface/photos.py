@@ -36,7 +36,7 @@ def prepare_face(
     """Load ``src``, detect, pick one face (most prominent, or rank ``face_index``) and align it
     to ``template``: (3, size, size) float32 in [0, 1]. Raises :class:`~perface.NoFaceError` or
     :class:`~perface.ImageReadError`; safe inside DataLoader workers."""
-    if face_index == "all":
+    if isinstance(face_index, str) and face_index == "all":  # callers without type checking
         raise ValueError("prepare_face returns one face; use perface.align_faces(..., face_index='all')")
     return align_faces(src, template=template, size=size, face_index=face_index, device=device)[0]
 
@@ -135,7 +135,7 @@ def similarity(
     differentiable loss). Raises ``ValueError`` for list lengths that cannot pair (before any work).
     """
     for name, value in (("face_index_a", face_index_a), ("face_index_b", face_index_b)):
-        if value == "all" or (isinstance(value, (list, tuple)) and "all" in value):
+        if (isinstance(value, str) and value == "all") or (isinstance(value, (list, tuple)) and "all" in value):
             raise ValueError(f"similarity compares one face per image; pass {name}=None or an int")
     metric = get_metric(model)
     single = not is_batch(a) and not is_batch(b)

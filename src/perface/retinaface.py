@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 
@@ -109,7 +110,7 @@ class RetinaFaceMobile(nn.Module):
         p1 = fpn.merge1(p1 + F.interpolate(p2, size=[p1.size(2), p1.size(3)], mode="nearest"))
         return self._heads([(0, self.ssh1(p1))])
 
-    def _heads(self, features) -> Outputs:
+    def _heads(self, features: Sequence[tuple[int, torch.Tensor]]) -> Outputs:
         boxes = torch.cat([self.BboxHead[i](f) for i, f in features], dim=1)
         scores = torch.cat([self.ClassHead[i](f) for i, f in features], dim=1).softmax(dim=-1)
         landmarks = torch.cat([self.LandmarkHead[i](f) for i, f in features], dim=1)
@@ -118,7 +119,8 @@ class RetinaFaceMobile(nn.Module):
 
 def join(*outputs: Outputs) -> Outputs:
     """Outputs of several levels (finest first) as one network's outputs."""
-    return tuple(torch.cat(parts, dim=1) for parts in zip(*outputs))  # type: ignore[return-value]
+    boxes, scores, landmarks = (torch.cat(parts, dim=1) for parts in zip(*outputs))
+    return boxes, scores, landmarks
 
 
 @functools.lru_cache(maxsize=32)

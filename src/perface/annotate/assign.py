@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Optional
 
@@ -58,7 +59,7 @@ class Assigner:
         item_id = self._tokens.get(token)
         return None if item_id is None else self._items[item_id]
 
-    def _order(self, annotator: str, items) -> list[str]:
+    def _order(self, annotator: str, items: Iterable[Item]) -> list[str]:
         ids = [item.id for item in items]
         random.Random(f"{self._secret.decode()}|{annotator}").shuffle(ids)
         return ids

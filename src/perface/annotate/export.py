@@ -196,7 +196,7 @@ def export(
                 f"annotator {q.annotator} answered no catch trial: kept, but their attention is unmeasured",
                 stacklevel=2,
             )
-        elif min_catch_accuracy is not None and q.catch_accuracy < min_catch_accuracy:
+        elif min_catch_accuracy is not None and q.catch_accuracy is not None and q.catch_accuracy < min_catch_accuracy:
             q.excluded, q.reason = True, f"catch accuracy {q.catch_accuracy:.2f} < {min_catch_accuracy:.2f}"
     kept = [q.annotator for q in quality if not q.excluded]
     real = [t.id for t in study.triplets]
@@ -206,7 +206,7 @@ def export(
     out = Path(out)
     base = out.resolve().parent
     extra = [k for k in (study.triplets[0].extra if study.triplets else {})]
-    order = {ans.item: [] for ans in answers}
+    order: dict[str, list[str]] = {ans.item: [] for ans in answers}
     for ans in answers:  # arrival order, for slot columns
         if ans.annotator in kept_given:
             order[ans.item].append(ans.answer)

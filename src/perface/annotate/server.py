@@ -32,12 +32,16 @@ import sys
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, TextIO, Union
 
 from ..imageio import IMAGE_SUFFIXES
 from .assign import Assigner
 from .store import STORE_FILE, AnswerConflict, AnswerStore, check_annotator
 from .study import SLOTS, Study, load_study
+
+if TYPE_CHECKING:
+    from starlette.responses import JSONResponse
+    from starlette.types import ASGIApp
 
 __all__ = ["create_app", "serve", "check_images", "is_loopback", "access_token", "TOKEN_ENV"]
 
@@ -96,7 +100,7 @@ def check_images(study: Study) -> None:
         )
 
 
-def _error(status: int, message: str):
+def _error(status: int, message: str) -> JSONResponse:
     from starlette.responses import JSONResponse
 
     return JSONResponse({"error": message}, status_code=status)
@@ -108,7 +112,7 @@ def create_app(
     token: Optional[str] = None,
     answers_per_triplet: int = 0,
     allowed_hosts: Optional[Sequence[str]] = None,
-):
+) -> ASGIApp:
     """The Starlette app serving ``study`` and writing answers to ``store``.
 
     ``token``: when set, every request must carry it. ``allowed_hosts``: accepted ``Host``
@@ -320,7 +324,7 @@ def serve(
     allow_remote: bool = False,
     answers_per_triplet: int = 0,
     quiet: bool = False,
-    stream=None,
+    stream: Optional[TextIO] = None,
 ) -> int:
     """Serve the annotation page of the study in ``study_dir`` until interrupted (Ctrl-C).
 

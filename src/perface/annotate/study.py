@@ -264,12 +264,17 @@ def load_study(folder: PathLike) -> Study:
                 "answers belong to the questions they were given for: restore it or make a new study"
             )
     base = root.resolve()
+
+    def slots(row: dict[str, str]) -> tuple[Path, Path, Path]:  # the SLOTS' paths, in order
+        reference, a, b = (_abs(base, row[s]) for s in SLOTS)
+        return reference, a, b
+
     triplets = []
     for row in _read_csv(root / manifest["triplets"], ("id", "reference", "a", "b", "kind")):
         extra = {k: v for k, v in row.items() if k not in ("id", "reference", "a", "b", "answer", "kind")}
-        triplets.append(Item(row["id"], *(_abs(base, row[s]) for s in SLOTS), row["kind"], extra=extra))
+        triplets.append(Item(row["id"], *slots(row), row["kind"], extra=extra))
     catch = [
-        Item(row["id"], *(_abs(base, row[s]) for s in SLOTS), "catch", expected=row["expected"])
+        Item(row["id"], *slots(row), "catch", expected=row["expected"])
         for row in _read_csv(root / manifest["catch"], ("id", "reference", "a", "b", "expected"))
     ]
     ids = [i.id for i in triplets + catch]

@@ -241,7 +241,8 @@ def uncertain_triplets(
         )
     candidates.sort()
     cap = math.ceil(n / len(faces)) + 1
-    chosen, rest, uses = [], [], [0] * len(faces)
+    chosen: list[tuple[float, int, int, int]] = []  # (gap, reference, i, j)
+    rest, uses = [], [0] * len(faces)
     for cand in candidates:
         if len(chosen) == n:
             break

@@ -8,7 +8,7 @@ not L2-normalized.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from torch import nn
@@ -70,25 +70,25 @@ class IResNet(nn.Module):
         return self.features(self.fc(x))
 
 
-def _make(depth: int, **kwargs) -> IResNet:
+def _make(depth: int, **kwargs: Any) -> IResNet:
     return IResNet(_DEPTHS[depth], **kwargs)
 
 
-def iresnet18(**kwargs) -> IResNet:
+def iresnet18(**kwargs: Any) -> IResNet:
     """iresnet-18 ([2, 2, 2, 2] blocks)."""
     return _make(18, **kwargs)
 
 
-def iresnet34(**kwargs) -> IResNet:
+def iresnet34(**kwargs: Any) -> IResNet:
     """iresnet-34 ([3, 4, 6, 3] blocks)."""
     return _make(34, **kwargs)
 
 
-def iresnet50(**kwargs) -> IResNet:
+def iresnet50(**kwargs: Any) -> IResNet:
     """iresnet-50 ([3, 4, 14, 3] blocks), the PerFace paper's backbone."""
     return _make(50, **kwargs)
 
 
-def iresnet100(**kwargs) -> IResNet:
+def iresnet100(**kwargs: Any) -> IResNet:
     """iresnet-100 ([3, 13, 30, 3] blocks)."""
     return _make(100, **kwargs)

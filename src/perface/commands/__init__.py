@@ -27,7 +27,7 @@ import re
 import sys
 import traceback
 import warnings
-from typing import Callable, Optional, TextIO
+from typing import Callable, Optional, TextIO, Union
 
 __all__ = [
     "EXIT_OK",
@@ -87,9 +87,16 @@ def add_quiet(parser: argparse.ArgumentParser) -> None:
 
 
 def _warning_printer(prog: str, stream: TextIO) -> Callable[..., None]:
-    seen = set()
+    seen: set[str] = set()
 
-    def show(message, category, filename, lineno, file=None, line=None) -> None:
+    def show(
+        message: Union[Warning, str],
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: Optional[TextIO] = None,
+        line: Optional[str] = None,
+    ) -> None:
         text = " ".join(str(message).split())
         if text not in seen:
             seen.add(text)

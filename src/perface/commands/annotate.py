@@ -16,7 +16,9 @@ import sys
 from . import HelpFormatter, UsageError, add_quiet
 
 
-def _sub(sub, name: str, help_text: str) -> argparse.ArgumentParser:
+def _sub(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, help_text: str
+) -> argparse.ArgumentParser:
     parser = sub.add_parser(name, help=help_text, description=help_text, formatter_class=HelpFormatter)
     parser.add_argument(
         "--debug",

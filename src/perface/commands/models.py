@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
 from ..hub import weights_status
 from ..registry import DEFAULT_MODEL, MODELS
@@ -18,7 +19,7 @@ def _size(nbytes: int) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    rows = []
+    rows: list[dict[str, Any]] = []  # one JSON object per checkpoint
     for name in sorted(MODELS):
         spec = MODELS[name]
         src = spec.weights

@@ -19,7 +19,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Optional, TypedDict
 
 import torch
 
@@ -38,6 +38,9 @@ from .report import (
     warnings_markdown,
     write_outputs,
 )
+
+if TYPE_CHECKING:
+    from ..model import PerFace
 
 __all__ = ["images_by_stem", "match_pairs", "reid_ranks", "evaluate", "write_report", "add_arguments", "run"]
 
@@ -96,6 +99,57 @@ def reid_ranks(
     return ranks
 
 
+class _SummaryFields(TypedDict):
+    n_pairs: int
+
+
+class Summary(_SummaryFields, total=False):
+    """One model's numbers (:func:`_summarize`, then ``failed_pairs`` and ``reference_reading``);
+    the estimates are ``perface.stats.Estimate.to_dict()``; keys without data are left out."""
+
+    similarity: dict[str, Any]
+    median: float
+    verification: dict[str, dict[str, Any]]  # threshold -> estimate
+    reid_queries: int
+    reid_no_true_match: int
+    reid_gallery_identities: int
+    reid: dict[str, dict[str, Any]]  # "top1", "top5" -> estimate
+    reid_chance: dict[str, float]
+    failed_pairs: int
+    reference_reading: Optional[dict[str, Any]]
+
+
+class ModelReport(Summary):
+    """One model's entry in the report."""
+
+    model: str
+    kind: str  # "perceptual" or "identity baseline"
+    signature: str
+    failures: list[dict[str, str]]  # {"file", "role", "reason"}
+    similarities: dict[str, float]  # pair key -> cosine
+
+
+class Unmatched(TypedDict):
+    original_only: list[str]
+    anonymized_only: list[str]
+    skipped_same_name: list[dict[str, str]]  # {"file", "reason"}
+
+
+class AnonymizationReport(TypedDict):
+    """What :func:`evaluate` returns (JSON-ready)."""
+
+    original: str
+    anonymized: str
+    gallery: str
+    matched_pairs: int
+    thresholds: list[float]
+    unmatched: Unmatched
+    keys: list[str]
+    files: dict[str, list[str]]  # pair key -> [original, anonymized]
+    models: list[ModelReport]
+    warnings: list[str]
+
+
 @dataclass
 class ModelResult:
     """One model's results over the matched pairs."""
@@ -105,7 +159,7 @@ class ModelResult:
     signature: str  # perface.signature.signature_of(metric, "detect")
     similarities: dict[str, float]  # pair key -> cosine (successful pairs only)
     failures: list[dict[str, str]]  # {"file", "role", "reason"}
-    summary: dict[str, object] = field(default_factory=dict)
+    summary: Summary = field(default_factory=lambda: Summary(n_pairs=0))
 
 
 def _identity_map(path: Optional[Path]) -> dict[str, str]:
@@ -116,7 +170,9 @@ def _identity_map(path: Optional[Path]) -> dict[str, str]:
     return {Path(r["file"]).with_suffix("").as_posix(): r["identity"] for r in labels.rows}
 
 
-def _embed(paths: list[Path], model, batch_size: int, num_workers: int, progress: bool):
+def _embed(
+    paths: list[Path], model: PerFace, batch_size: int, num_workers: int, progress: bool
+) -> tuple[torch.Tensor, torch.Tensor, dict[int, str]]:
     """Embeddings (N, D), ok mask and {index: reason} for photo files, through the photo pipeline."""
     import perface
 
@@ -130,10 +186,10 @@ def _embed(paths: list[Path], model, batch_size: int, num_workers: int, progress
 
 def _summarize(
     values: list[float], thresholds: Sequence[float], ranks: list[Optional[int]], n_gallery_ids: int, seed: int
-) -> dict[str, object]:
+) -> Summary:
     from ..stats import bootstrap_ci
 
-    out: dict[str, object] = {"n_pairs": len(values)}
+    out: Summary = {"n_pairs": len(values)}
     if values:
         x = torch.tensor(values, dtype=torch.float64)
         out["similarity"] = bootstrap_ci(x.numpy(), seed=seed).to_dict()
@@ -163,7 +219,7 @@ def evaluate(
     num_workers: int = 0,
     progress: bool = True,
     seed: int = 0,
-) -> dict[str, object]:
+) -> AnonymizationReport:
     """Evaluate an anonymizer's output; returns the JSON-ready report (see the module docstring).
 
     ``identities``: optional CSV ``file,identity`` naming who is in each file (files not listed
@@ -185,7 +241,10 @@ def evaluate(
         )
     gal_files, skipped_g = (orig_files, []) if gallery is None else images_by_stem(gallery)
     ids = _identity_map(identities)
-    ident = lambda key: ids.get(key, key)
+
+    def ident(key: str) -> str:  # files not in --identities are their own identity
+        return ids.get(key, key)
+
     gal_keys = sorted(gal_files)
     notes = Notes()
 
@@ -279,7 +338,7 @@ def _fmt(est: Optional[dict]) -> str:
     return f"{est['mean']:.3f} [{est['ci_low']:.3f}, {est['ci_high']:.3f}]"
 
 
-def _markdown(report: dict[str, object]) -> str:
+def _markdown(report: AnonymizationReport) -> str:
     models = report["models"]
     lines = [
         "# Anonymization evaluation",
@@ -316,8 +375,9 @@ def _markdown(report: dict[str, object]) -> str:
                 f"against {m['reid_gallery_identities']} gallery identities (chance: {chance}); "
                 f"{m['reid_no_true_match']} without their identity in the gallery."
             )
-        if m.get("reference_reading"):
-            lines.append(f"\n`{m['model']}`: mean similarity {m['reference_reading']['text']}")
+        reading = m.get("reference_reading")
+        if reading:
+            lines.append(f"\n`{m['model']}`: mean similarity {reading['text']}")
     un = report["unmatched"]
     problems = [f"- original without anonymized counterpart: `{f}`" for f in un["original_only"]]
     problems += [f"- anonymized without original: `{f}`" for f in un["anonymized_only"]]
@@ -329,7 +389,7 @@ def _markdown(report: dict[str, object]) -> str:
     return "\n".join(lines)
 
 
-def _histogram(report: dict[str, object], path: Path) -> None:
+def _histogram(report: AnonymizationReport, path: Path) -> None:
     """Per-model histograms of the pair similarities, the verification thresholds labelled with
     their values, and (for a model with a shipped reference set) the band its same-person pairs span."""
     plt = pyplot()
@@ -363,7 +423,7 @@ def _histogram(report: dict[str, object], path: Path) -> None:
         plt.close(fig)
 
 
-def _write_pairs_csv(report: dict[str, object], path: Path) -> None:
+def _write_pairs_csv(report: AnonymizationReport, path: Path) -> None:
     """One row per matched pair: each model's similarity and the signature of the metric that made it."""
     models = report["models"]
     with open(path, "w", newline="", encoding="utf-8") as f:
@@ -382,7 +442,7 @@ def _write_pairs_csv(report: dict[str, object], path: Path) -> None:
             )
 
 
-def write_report(report: dict[str, object], out: Path, plot: bool = True) -> dict[str, Path]:
+def write_report(report: AnonymizationReport, out: Path, plot: bool = True) -> dict[str, Path]:
     """Write ``report.md``, ``pairs.csv``, ``summary.json`` (and the histogram) into ``out``.
 
     The files are written to a temporary folder and moved into ``out`` when all are complete.

@@ -21,7 +21,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional, TypedDict
 
 import torch
 
@@ -34,6 +34,60 @@ from .report import Notes, warnings_markdown, write_outputs
 __all__ = ["attribute_tasks", "evaluate", "write_report", "add_arguments", "run"]
 
 Tasks = dict[str, list[Optional[str]]]
+
+
+class _PredictionFields(TypedDict):
+    true: str
+    predicted: str
+    distances: dict[str, float]  # group -> distance
+
+
+class Prediction(_PredictionFields, total=False):
+    """One classified image: ``index`` (row among the usable faces) until :func:`evaluate`
+    replaces it by ``file``."""
+
+    index: int
+    file: str
+
+
+class _TaskFields(TypedDict):
+    groups: list[dict[str, Any]]  # asdict(GroupScores)
+    accuracy: Optional[dict[str, Any]]  # perface.stats.Estimate.to_dict()
+    n: int
+    predictions: list[Prediction]
+    small_groups: list[str]
+
+
+class TaskResult(_TaskFields, total=False):
+    """One task's results; ``skipped``: why it was not scored."""
+
+    skipped: str
+
+
+class ModelReport(TypedDict):
+    """One model's results in the report."""
+
+    model: str
+    perceptual: bool
+    signature: str
+    n_ok: int
+    failures: list[dict[str, str]]  # {"file", "reason"}
+    tasks: dict[str, TaskResult]
+
+
+class _ReportFields(TypedDict):
+    images: str
+    labels: str
+    confidence: float
+    files: list[str]
+    tasks: list[str]
+    models: list[ModelReport]
+
+
+class AttributesReport(_ReportFields, total=False):
+    """What :func:`evaluate` returns (JSON-ready); ``warnings`` is set once every model ran."""
+
+    warnings: list[str]
 
 
 def attribute_tasks(
@@ -57,7 +111,7 @@ def attribute_tasks(
 
 def _task_result(
     emb: torch.Tensor, values: list[Optional[str]], confidence: float, seed: int, notes: Notes, where: str
-) -> dict[str, object]:
+) -> TaskResult:
     from ..stats import bootstrap_ci
 
     names = sorted({v for v in values if v is not None})
@@ -82,7 +136,7 @@ def _task_result(
         )
     dist = group_distances(emb, labels, len(names), confidence)
     res = group_scores(dist, labels, names)
-    pred = res.pop("predicted")
+    pred = res["predicted"]
     keep = labels >= 0
     correct = (pred == labels[keep]).double().numpy()
     notes.small_set(len(correct), f"labelled images in {where}")
@@ -114,7 +168,7 @@ def evaluate(
     num_workers: int = 0,
     progress: bool = True,
     seed: int = 0,
-) -> dict[str, object]:
+) -> AttributesReport:
     """Attribute-group classification of the labelled photos under each model (JSON-ready).
 
     Warns (``UserWarning``, also listed under ``"warnings"``) about groups of fewer than
@@ -127,7 +181,7 @@ def evaluate(
 
     files, tasks = attribute_tasks(labels, attributes, combine)
     paths = [Path(images) / f for f in files]
-    report: dict[str, object] = {
+    report: AttributesReport = {
         "images": str(images),
         "labels": str(labels),
         "confidence": confidence,
@@ -144,7 +198,7 @@ def evaluate(
         ok = res.ok
         failures = [{"file": str(paths[i]), "reason": r} for i, r in sorted(res.errors.items())]
         ok_idx = torch.nonzero(ok).flatten().tolist()
-        per_task = {}
+        per_task: dict[str, TaskResult] = {}
         for task, values in tasks.items():
             out = _task_result(
                 res.embeddings[ok], [values[i] for i in ok_idx], confidence, seed, notes, f"{model.name}, task {task!r}"
@@ -170,7 +224,7 @@ def _f(x: Optional[float]) -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
 
 
-def _markdown(report: dict[str, object]) -> str:
+def _markdown(report: AttributesReport) -> str:
     lines = [
         "# Attribute-group classification",
         "",
@@ -223,7 +277,7 @@ def _json_safe(obj: object) -> object:
     return obj
 
 
-def _write_groups_csv(report: dict[str, object], path: Path) -> None:
+def _write_groups_csv(report: AttributesReport, path: Path) -> None:
     with open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(
@@ -245,7 +299,7 @@ def _write_groups_csv(report: dict[str, object], path: Path) -> None:
                     )
 
 
-def _write_predictions_csv(report: dict[str, object], path: Path) -> None:
+def _write_predictions_csv(report: AttributesReport, path: Path) -> None:
     with open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["model", "task", "file", "true", "predicted", "distances", "signature"])
@@ -265,7 +319,7 @@ def _write_predictions_csv(report: dict[str, object], path: Path) -> None:
                     )
 
 
-def write_report(report: dict[str, object], out: Path) -> dict[str, Path]:
+def write_report(report: AttributesReport, out: Path) -> dict[str, Path]:
     """Write ``report.md``, ``groups.csv``, ``predictions.csv`` and ``summary.json`` into ``out``
     (built in a temporary folder, moved into place when complete)."""
     return write_outputs(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypedDict
 
 import torch
 
@@ -107,7 +108,16 @@ class GroupScores:
     auc: float
 
 
-def group_scores(distances: torch.Tensor, labels: torch.Tensor, names: Sequence[str]) -> dict[str, object]:
+class GroupResults(TypedDict):
+    """What :func:`group_scores` returns."""
+
+    accuracy: float
+    n: int
+    groups: list[GroupScores]
+    predicted: torch.Tensor
+
+
+def group_scores(distances: torch.Tensor, labels: torch.Tensor, names: Sequence[str]) -> GroupResults:
     """Classification results of images with a known group.
 
     Args:

@@ -15,7 +15,13 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.axis import Axis
+
+    from ..model import PerFace
 
 __all__ = [
     "MIN_ITEMS",
@@ -72,14 +78,14 @@ def write_outputs(out: Path, writers: dict[str, tuple[str, Callable[[Path], obje
     return {key: out / name for key, (name, _) in writers.items()}
 
 
-def count_axis(axis) -> None:
+def count_axis(axis: Axis) -> None:
     """Whole numbers only on a count axis (``ax.yaxis`` / ``ax.xaxis``): no 0.25 faces."""
     from matplotlib.ticker import MaxNLocator
 
     axis.set_major_locator(MaxNLocator(integer=True))
 
 
-def threshold_lines(ax, values: Sequence[float], name: str, color: str = "0.3") -> None:
+def threshold_lines(ax: Axes, values: Sequence[float], name: str, color: str = "0.3") -> None:
     """Vertical lines at ``values``, each labelled with its value just above the plot frame (where
     no bar or legend can hide it); the legend entry lists the values too."""
     listed = ", ".join(f"{t:g}" for t in values)
@@ -98,18 +104,18 @@ def threshold_lines(ax, values: Sequence[float], name: str, color: str = "0.3") 
         )
 
 
-def headroom(ax, factor: float = 1.5) -> None:
+def headroom(ax: Axes, factor: float = 1.5) -> None:
     """Raise the top of the y axis so that an upper legend does not cover the bars."""
     low, high = ax.get_ylim()
     ax.set_ylim(low, low + (high - low) * factor)
 
 
-def band(ax, low: float, high: float, label: str, color: str = "tab:green") -> None:
+def band(ax: Axes, low: float, high: float, label: str, color: str = "tab:green") -> None:
     """A shaded x-range labelled in the legend with its values."""
     ax.axvspan(low, high, color=color, alpha=0.12, label=f"{label}: {low:.3f} to {high:.3f}")
 
 
-def reference_reading(score: Optional[float], metric) -> Optional[dict[str, object]]:
+def reference_reading(score: Optional[float], metric: PerFace) -> Optional[dict[str, Any]]:
     """Where ``score`` falls in the shipped reference set of ``metric`` (``None`` without one)."""
     from ..reference import available, reading
 

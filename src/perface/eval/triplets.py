@@ -16,7 +16,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 
@@ -33,10 +33,13 @@ from ..train.evaluate import triplet_correct, triplet_similarities
 from ..train.splits import make_split
 from .report import Notes
 
+if TYPE_CHECKING:
+    from ..model import PerFace
+
 __all__ = ["evaluate_triplets", "warn_small", "format_table", "add_arguments", "run"]
 
 
-def _load_model(name: str, data_template: Optional[str], align: str, device: torch.device):
+def _load_model(name: str, data_template: Optional[str], align: str, device: torch.device) -> PerFace:
     """The metric for ``name``; ``align="auto"`` converts crops whose template differs from the model's."""
     from ..model import PerFace
 

@@ -10,11 +10,15 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Protocol, Union
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol, Union
 
 import torch
 
 from ..registry import DEFAULT_MODEL
+
+if TYPE_CHECKING:
+    from ..model import PerFace
 
 __all__ = ["EmbedBatch", "Embedder", "Progress", "PhotoEmbedder", "model_key"]
 
@@ -63,7 +67,7 @@ class PhotoEmbedder:
 
     def __init__(
         self,
-        model=DEFAULT_MODEL,
+        model: Union[str, Path, PerFace] = DEFAULT_MODEL,
         *,
         batch_size: int = 32,
         num_workers: int = 0,
@@ -81,7 +85,7 @@ class PhotoEmbedder:
         self.progress = progress
         self.key = model_key(self.metric)
 
-    def __call__(self, sources: Sequence, progress: Union[bool, Progress, None] = None) -> EmbedBatch:
+    def __call__(self, sources: Sequence[Any], progress: Union[bool, Progress, None] = None) -> EmbedBatch:
         """Embed ``sources`` (paths or anything :func:`perface.load_image` reads).
 
         ``progress``: True/False overrides the bar setting for this call; a callable is told
@@ -105,7 +109,7 @@ class PhotoEmbedder:
         return EmbedBatch(result.embeddings, result.boxes, dict(result.errors))
 
 
-def model_key(metric) -> dict[str, str]:
+def model_key(metric: PerFace) -> dict[str, str]:
     """``{"model", "template", "fingerprint", "signature"}`` of a PerFace used on photos.
 
     ``fingerprint``: a sha256 over the network's parameters and input settings, so a changed

@@ -8,19 +8,24 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 import torch
 
 from .._io import atomic_write
 from .._plotting import pyplot, save_figure
 
+if TYPE_CHECKING:
+    from PIL import Image, ImageDraw, ImageFont
+
 __all__ = ["face_thumbnail", "contact_sheet", "similarity_histogram", "similarity_heatmap"]
 
 PathLike = Union[str, Path]
 
 
-def face_thumbnail(src, box: Optional[Sequence[float]] = None, size: int = 160, margin: float = 0.3):
+def face_thumbnail(
+    src: Any, box: Optional[Sequence[float]] = None, size: int = 160, margin: float = 0.3
+) -> Image.Image:
     """A ``size`` x ``size`` RGB PIL thumbnail of the face in ``src`` (a path or anything
     :func:`perface.load_image` reads): the square around ``box`` (x1, y1, x2, y2, photo pixels)
     widened by ``margin`` of its side, or the central square when ``box`` is None/NaN."""
@@ -39,11 +44,13 @@ def face_thumbnail(src, box: Optional[Sequence[float]] = None, size: int = 160, 
     left, top = round(cx - side / 2.0), round(cy - side / 2.0)
     side_px = max(1, round(side))
     pixels = (img.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
-    # crop() pads with black outside the photo, keeping the face centred
-    return Image.fromarray(pixels).crop((left, top, left + side_px, top + side_px)).resize((size, size), Image.BILINEAR)
+    # crop() pads with black outside the photo, keeping the face centred. Image.BILINEAR: Pillow
+    # sets it at runtime but its stubs only know Image.Resampling (Pillow >= 9.1; we support 9.0)
+    box_px = (left, top, left + side_px, top + side_px)
+    return Image.fromarray(pixels).crop(box_px).resize((size, size), Image.BILINEAR)  # type: ignore[attr-defined]
 
 
-def _font(size: int):
+def _font(size: int) -> Union[ImageFont.FreeTypeFont, ImageFont.ImageFont]:
     from PIL import ImageFont
 
     try:
@@ -52,7 +59,9 @@ def _font(size: int):
         return ImageFont.load_default()
 
 
-def _fit(draw, text: str, font, width: int) -> str:
+def _fit(
+    draw: ImageDraw.ImageDraw, text: str, font: Union[ImageFont.FreeTypeFont, ImageFont.ImageFont], width: int
+) -> str:
     if draw.textlength(text, font=font) <= width:
         return text
     while len(text) > 1 and draw.textlength("…" + text, font=font) > width:
@@ -61,8 +70,8 @@ def _fit(draw, text: str, font, width: int) -> str:
 
 
 def contact_sheet(
-    target,
-    candidates: Sequence[tuple[object, str]],
+    target: tuple[Image.Image, str],
+    candidates: Sequence[tuple[Image.Image, str]],
     path: PathLike,
     *,
     tile: int = 160,
@@ -98,7 +107,7 @@ def contact_sheet(
     if title:
         draw.text((pad, pad), _fit(draw, title, font, width - 2 * pad), fill="black", font=font)
 
-    def put(thumb, caption: str, x: int, y: int, frame: str) -> None:
+    def put(thumb: Image.Image, caption: str, x: int, y: int, frame: str) -> None:
         sheet.paste(thumb.resize((tile, tile)), (x, y))
         draw.rectangle((x - 2, y - 2, x + tile + 1, y + tile + 1), outline=frame, width=2)
         for i, text in enumerate(caption.split("\n")[:2]):

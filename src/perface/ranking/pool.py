@@ -586,7 +586,7 @@ def merge_shards(
     model: Optional[dict[str, str]] = None,
     cache_dir: Union[PathLike, None] = None,
     keep_shards: bool = False,
-    **kwargs,
+    **kwargs: Any,
 ) -> Pool:
     """Fold every shard cache of ``model`` in ``cache_dir`` (and their saved progress) into the
     main cache and return the pool; files no shard covered (or that changed since) are embedded

@@ -19,7 +19,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 import torch
 
@@ -28,6 +28,9 @@ from ..labels import read_labels
 from ..registry import DEFAULT_MODEL
 from .pool import SAVE_EVERY, Pool, PoolSet
 from .search import DEFAULT_CHUNK_ROWS, Selection, _check_selection, search
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 __all__ = ["rank", "RankResult", "group_mask", "write_failures", "OUTPUTS"]
 
@@ -220,7 +223,7 @@ def write_failures(path: PathLike, failures: dict[str, str]) -> Path:
     return _write_csv(path, ["file", "reason"], list(failures.items()))
 
 
-def _thumbnail(src, box: torch.Tensor, tile: int):
+def _thumbnail(src: Any, box: torch.Tensor, tile: int) -> Image.Image:
     """Face thumbnail, or a grey tile saying why there is none (an embedding as target, a file
     that changed or vanished since it was embedded)."""
     from PIL import Image, ImageDraw
@@ -282,7 +285,15 @@ def group_mask(
     return torch.tensor(keep, dtype=torch.bool), [f"{c}={v}" for c, v in resolved]
 
 
-def _pool_set(pool, embedder: Callable[[], Any], model, cache, update: bool, rebuild: bool, **update_args) -> PoolSet:
+def _pool_set(
+    pool: Any,
+    embedder: Callable[[], Any],
+    model: Any,
+    cache: Union[PathLike, bool, None],
+    update: bool,
+    rebuild: bool,
+    **update_args: Any,
+) -> PoolSet:
     """Whatever :func:`rank` was given as the pool, as a :class:`PoolSet`."""
     from .pool import open_pool, update_pool
 
@@ -295,7 +306,7 @@ def _pool_set(pool, embedder: Callable[[], Any], model, cache, update: bool, reb
             return PoolSet([update_pool(pool, embedder(), cache_dir=cache, rebuild=rebuild, **update_args)])
         if cache is False:
             raise ValueError("update=False ranks what the cache holds; it needs a cache (cache=None or a folder)")
-        return open_pool(pool, _model_name(model, embedder), None if cache in (None, True) else cache)
+        return open_pool(pool, _model_name(model, embedder), None if cache is None or cache is True else cache)
     items = list(pool)
     if items and all(isinstance(p, Pool) for p in items):
         return PoolSet(items)
@@ -317,7 +328,7 @@ def _pool_set(pool, embedder: Callable[[], Any], model, cache, update: bool, reb
     )
 
 
-def _model_name(model, embedder: Callable[[], Any]) -> str:
+def _model_name(model: Any, embedder: Callable[[], Any]) -> str:
     """The checkpoint name a cache file is named after, loading the model only when needed."""
     from ..model import PerFace
     from ..registry import list_models

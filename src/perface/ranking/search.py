@@ -139,7 +139,14 @@ def _score_buffer(out: Optional[torch.Tensor], n: int, device: torch.device) -> 
     return out
 
 
-def _check_selection(band, top, bottom, exclude_above, mask, n) -> tuple[Optional[int], bool]:
+def _check_selection(
+    band: Optional[tuple[float, float]],
+    top: Optional[int],
+    bottom: Optional[int],
+    exclude_above: Optional[float],
+    mask: Optional[torch.Tensor],
+    n: int,
+) -> tuple[Optional[int], bool]:
     if top is not None and bottom is not None:
         raise ValueError("give at most one of top= and bottom= (the k most or the k least similar)")
     k = top if top is not None else bottom

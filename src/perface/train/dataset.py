@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from .data import TripletSet, drop_failed
+from .data import PathLike, TripletSet, drop_failed
 
 __all__ = ["ImageBank", "TripletImages", "read_crop", "align_photos"]
 
@@ -96,7 +96,7 @@ class ImageBank:
 
 
 def align_photos(
-    triplets: TripletSet, template: str, size: int, progress: bool = True, missing_list: Optional[Path] = None
+    triplets: TripletSet, template: str, size: int, progress: bool = True, missing_list: Optional[PathLike] = None
 ) -> tuple[TripletSet, dict[Path, torch.Tensor]]:
     """Detect and align every photo of ``triplets`` once (the photo pipeline's
     :func:`perface.embedding.align_crops`, the most prominent face).

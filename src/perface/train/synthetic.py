@@ -46,7 +46,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import combinations, product
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -144,7 +144,7 @@ def load_people(faces: Path, progress: bool = True) -> dict[str, list[torch.Tens
     from ..errors import ImageReadError, NoFaceError
 
     people: dict[str, list[torch.Tensor]] = {}
-    seen = []
+    seen: list[torch.Tensor] = []  # crops kept so far
     for path in sorted(p for p in Path(faces).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png")):
         try:
             crop = align_faces(path, template=TEMPLATE, size=SIZE)[0]
@@ -230,7 +230,7 @@ def generate(
     seed: int = 0,
     test_people: Optional[Sequence[str]] = None,
     progress: bool = True,
-) -> dict[str, object]:
+) -> dict[str, Any]:
     """Write the set to ``out``; returns its description (also in ``out/split.json``).
 
     ``test_people``: the people whose identities make up the test set (default: the second half
@@ -256,7 +256,8 @@ def generate(
         "test": (_identities(people, held, range(warps), seed), n_test),
     }
     rng = np.random.default_rng(seed)
-    rows, meta, split = [], [], {"train": [], "val": [], "test": []}
+    rows, meta = [], []
+    split: dict[str, list[str]] = {"train": [], "val": [], "test": []}
     tid = 0
     total = n_train + n_val + n_test
     bar = tqdm(total=total, desc="generating triplets", unit="triplet", disable=not progress)
@@ -303,11 +304,11 @@ def generate(
             tid += 1
             bar.update()
     bar.close()
-    answers = io.StringIO()
-    writer = csv.writer(answers, lineterminator="\r\n")  # CRLF, like the released SimCelebA file
+    answers_csv = io.StringIO()
+    writer = csv.writer(answers_csv, lineterminator="\r\n")  # CRLF, like the released SimCelebA file
     writer.writerow(["tripletId", "ans1", "ans2", "ans3"])
     writer.writerows(rows)
-    atomic_write_text(out / "triplet_answers.csv", answers.getvalue())
+    atomic_write_text(out / "triplet_answers.csv", answers_csv.getvalue())
     table = io.StringIO()
     dict_writer = csv.DictWriter(table, fieldnames=list(meta[0]), lineterminator="\n")
     dict_writer.writeheader()

@@ -27,7 +27,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional, TypedDict, cast
 
 import numpy as np
 import torch
@@ -47,6 +47,11 @@ from .evaluate import triplet_correct, triplet_similarities
 from .loss import triplet_margin_cosine_loss
 from .output import append_training_card, trained_fields, write_checkpoint
 from .splits import Split, make_split, top_up_validation
+
+if TYPE_CHECKING:
+    from filelock import BaseFileLock
+
+    from ..registry import ModelSpec
 
 __all__ = ["train", "prepare_data", "PreparedData", "micro_batch_size", "train_step"]
 
@@ -176,6 +181,24 @@ def _accuracy(
     return bootstrap_ci(triplet_correct(pos, neg), seed=cfg.seed).to_dict()
 
 
+class _State(TypedDict):
+    """The training loop's progress (saved in ``last.pt`` to resume)."""
+
+    epoch: int
+    step: int
+    best_val: float
+    best_epoch: int
+    bad_epochs: int
+    train_seconds: float
+    train_cpu_seconds: float
+    epoch_seconds: float
+    triplets_seen: int
+
+
+# trained_fields(..., scores, improved=...) with the run's fixed arguments bound
+Fields = Callable[..., dict[str, Any]]
+
+
 class _Log:
     """The JSONL log, rewritten atomically on each record (rank 0 only)."""
 
@@ -227,6 +250,7 @@ def train_step(
         chunk = x[idx]
         n = chunk.shape[0]
         no_sync = sync_last_only and k < len(parts) - 1 and hasattr(embedder, "no_sync")
+        # nn.Module.__getattr__ is typed Tensor | Module: no_sync is DDP's method (hasattr above)
         with embedder.no_sync() if no_sync else contextlib.nullcontext():  # type: ignore[operator]
             with torch.autocast(x.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 e = embedder(chunk.transpose(0, 1).reshape(3 * n, *chunk.shape[2:])).float()
@@ -238,7 +262,7 @@ def train_step(
     return total
 
 
-def _claim(out: Path):
+def _claim(out: Path) -> BaseFileLock:
     """Hold the output directory's lock for the whole run; a second run into it fails at once."""
     from filelock import Timeout
 
@@ -279,6 +303,7 @@ def _train(
     if device.type == "cuda":
         torch.cuda.set_device(device)
     main = rank == 0
+    assert cfg.epochs is not None and cfg.bn is not None, "cfg.resolved() sets the recipe's knobs"
     _seed_all(cfg.seed)
     started = time.time()
 
@@ -310,13 +335,13 @@ def _train(
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     embedder: nn.Module = _Embedder(metric)
     if cfg.compile:
-        embedder = torch.compile(embedder)  # type: ignore[assignment]
+        embedder = torch.compile(embedder)  # type: ignore[assignment]  # torch types it Callable; it is a Module
     if distributed:
         embedder = nn.parallel.DistributedDataParallel(
             embedder, device_ids=[device.index] if device.type == "cuda" else None
         )
 
-    state = {
+    state: _State = {
         "epoch": 0,
         "step": 0,
         "best_val": -1.0,
@@ -337,7 +362,9 @@ def _train(
         scaler.load_state_dict(ckpt["scaler"])
         if scheduler is not None:
             scheduler.load_state_dict(ckpt["scheduler"])
-        state, baseline = {"epoch_seconds": 0.0, "train_cpu_seconds": 0.0, **ckpt["state"]}, ckpt["baseline"]
+        # torch.load gives Any: last.pt holds a _State (written before the timing keys: without them)
+        state = cast(_State, {"epoch_seconds": 0.0, "train_cpu_seconds": 0.0, **ckpt["state"]})
+        baseline = ckpt["baseline"]
         _set_rng_state(ckpt["rng"])
         log.write(event="resume", epoch=state["epoch"], step=state["step"])
     else:
@@ -361,9 +388,9 @@ def _train(
     )
     if main and state["best_epoch"] < 0:  # the initialization is the best so far
         write_checkpoint(out, metric, fields({}, improved=False))
-        state["best_val"], state["best_epoch"] = _mean(baseline.get("val")) if baseline.get("val") else -1.0, 0
+        state["best_val"], state["best_epoch"] = baseline["val"]["mean"] if baseline.get("val") else -1.0, 0
 
-    sampler = DistributedSampler(
+    sampler: DistributedSampler[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = DistributedSampler(
         data.train, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed, drop_last=False
     )
     micro = micro_batch_size(cfg.bn, device, cfg.batch_size, metric.spec)
@@ -466,7 +493,18 @@ def _trained_on(cfg: TrainConfig, data: PreparedData) -> str:
     )
 
 
-def _end_epoch(cfg, metric, data, device, state, losses, log, main, out, fields) -> bool:
+def _end_epoch(
+    cfg: TrainConfig,
+    metric: PerFace,
+    data: PreparedData,
+    device: torch.device,
+    state: _State,
+    losses: list[float],
+    log: _Log,
+    main: bool,
+    out: Path,
+    fields: Fields,
+) -> bool:
     """Validate, keep the best checkpoint, log; returns True to stop early (rank 0 decides)."""
     if not main:
         return False
@@ -487,10 +525,20 @@ def _end_epoch(cfg, metric, data, device, state, losses, log, main, out, fields)
         write_checkpoint(out, metric, fields({}))
     else:
         state["bad_epochs"] += 1
+    assert cfg.patience is not None, "cfg.resolved() sets the recipe's knobs"
     return cfg.patience > 0 and state["bad_epochs"] >= cfg.patience
 
 
-def _save_last(path, metric, optimizer, scaler, scheduler, state, baseline, data) -> None:
+def _save_last(
+    path: Path,
+    metric: PerFace,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    scheduler: Optional[torch.optim.lr_scheduler.LRScheduler],
+    state: _State,
+    baseline: dict[str, Any],
+    data: PreparedData,
+) -> None:
     ckpt = {
         "model": metric.net.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -514,7 +562,7 @@ def _peak_memory_mb(device: torch.device) -> dict[str, float]:
     return mem
 
 
-def _outcome(state: dict[str, Any], baseline: dict[str, Any], val: Optional[dict[str, Any]]) -> tuple[bool, str]:
+def _outcome(state: _State, baseline: dict[str, Any], val: Optional[dict[str, Any]]) -> tuple[bool, str]:
     """(did training beat the initialization on validation?, one sentence saying what happened)."""
     init = baseline.get("val")
     if init is None or val is None:
@@ -534,7 +582,18 @@ def _outcome(state: dict[str, Any], baseline: dict[str, Any], val: Optional[dict
     )
 
 
-def _finish(cfg, data, device, state, baseline, out, fields, init_spec, started, log) -> dict[str, Any]:
+def _finish(
+    cfg: TrainConfig,
+    data: PreparedData,
+    device: torch.device,
+    state: _State,
+    baseline: dict[str, Any],
+    out: Path,
+    fields: Fields,
+    init_spec: ModelSpec,
+    started: float,
+    log: _Log,
+) -> dict[str, Any]:
     """Reload the best weights, score them on the test split, write the model card and the plot."""
     from ..signature import signature_of
 

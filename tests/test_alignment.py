@@ -210,6 +210,7 @@ def test_choose_faces():
         choose_faces([], None, "photo")
 
 
+@pytest.mark.slow
 def test_align_faces_two_people(faces_dir, metric):
     """A photo with two faces: a warning by default, both with face_index='all'."""
     a = perface.load_image(faces_dir / "grace_hopper.jpg")

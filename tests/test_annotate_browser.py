@@ -24,7 +24,7 @@ import pytest
 
 from test_annotate_server import ENV, ServerProcess
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]  # a real browser and server
 
 CHROMIUM = Path(os.environ.get("PERFACE_CHROMIUM", "/usr/bin/chromium"))
 FLAGS = [

@@ -158,6 +158,7 @@ def test_bad_slot_of_a_real_item(server):
         assert status == 404 and b"root:" not in body
 
 
+@pytest.mark.slow
 def test_image_swapped_for_a_link_outside_is_refused(tmp_path, faces_dir):
     """Photos inside the declared folder replaced by symlinks to a file outside it after the
     server started: 403, the outside file is never sent; a restart refuses to serve them."""

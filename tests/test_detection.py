@@ -136,6 +136,7 @@ def test_coarse_levels_are_the_whole_networks(faces_dir, detector):
         assert torch.equal(anchors(h, w, (1, 2)), anchors(h, w)[finest:])
 
 
+@pytest.mark.slow
 def test_prominent_detection_skips_the_finest_level_and_keeps_the_face(faces_dir, detector, monkeypatch):
     """With a face of >= PROMINENT_SIDE px the finest level is not run, and the most prominent
     face is the whole network's (box, score, landmarks) on every shared photo."""

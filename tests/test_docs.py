@@ -56,6 +56,7 @@ def test_every_block_that_prints_also_asserts():
 
 # Pages without a runnable block (prose, shell commands, no-run blocks) are no test case at all,
 # rather than a case that is always skipped.
+@pytest.mark.slow  # photos through the whole pipeline, page after page
 @pytest.mark.parametrize("doc", [p for p in DOC_FILES if _runnable(p)], ids=lambda p: p.name)
 def test_doc_examples_run(doc, tmp_path, monkeypatch):
     blocks = list(python_blocks(doc.read_text(encoding="utf-8")))

@@ -147,6 +147,7 @@ def test_small_face_in_a_large_photo_is_found(hopper, faces_dir, tmp_path):
     assert big_score > 0.7 and abs(big_score - alone) < 0.05
 
 
+@pytest.mark.slow
 def test_tiled_detection_maps_back_to_input_pixels(faces_dir):
     """Tiles smaller than the photo: landmarks in input pixels, as the one-pass detection finds them."""
     detector = get_detector()
@@ -157,6 +158,7 @@ def test_tiled_detection_maps_back_to_input_pixels(faces_dir):
     assert np.abs(best.landmarks - whole.landmarks).max() < 0.05 * _eye_distance(whole.landmarks)
 
 
+@pytest.mark.slow
 def test_jpeg_decoded_at_reduced_scale_keeps_landmarks(faces_dir):
     """The draft decode of the coarse pass moves landmarks by < 2% of the eye distance against
     detection on the fully decoded photo (the previous pipeline), for every shared JPEG."""
@@ -181,7 +183,9 @@ def test_photo_decodes_at_the_asked_scale(faces_dir):
 # ---------------------------------------------------------------- fault 3: rotated photos
 
 
-@pytest.mark.parametrize("quarter_turns", [1, 2, 3])
+@pytest.mark.parametrize(
+    "quarter_turns", [1, pytest.param(2, marks=pytest.mark.slow), pytest.param(3, marks=pytest.mark.slow)]
+)
 def test_rotated_photo_scores_like_the_upright_one(faces_dir, quarter_turns):
     """obama.jpg turned by 90/180/270 degrees (no EXIF tag) scores against obama2.jpg as the
     upright photo does; upside down used to give collapsed landmarks and 0.17-0.32."""
@@ -242,8 +246,14 @@ def test_same_template_2x_and_4x_equal_a_plain_area_resize(faces_dir):
         assert float((convert(x) - reference).abs().max()) < 1e-5
 
 
-@pytest.mark.parametrize("source", sorted(TEMPLATES))
-@pytest.mark.parametrize("target", sorted(TEMPLATES))
+@pytest.mark.parametrize(
+    "source, target",
+    [  # the quick subset keeps the common case (FFHQ crops -> the ArcFace template); CI runs all
+        pytest.param(s, t, marks=() if (s, t) == ("ffhq", "arcface") else pytest.mark.slow, id=f"{s}-{t}")
+        for s in sorted(TEMPLATES)
+        for t in sorted(TEMPLATES)
+    ],
+)
 def test_conversion_matches_the_native_crop(source, target, faces_dir, metric):
     """Photo -> ``source`` crop (face 2x and 4x the target's scale) -> ``target`` by the fixed
     warp embeds like the photo aligned to ``target`` directly (cos >= 0.99)."""
@@ -264,6 +274,7 @@ def test_conversion_matches_the_native_crop(source, target, faces_dir, metric):
 # ---------------------------------------------------------------- fault 5: alignment per input
 
 
+@pytest.mark.slow
 def test_align_pair_converts_each_input_by_its_own_format(faces_dir):
     """The FAQ setup: an FFHQ crop against an ArcFace crop of the same face. One mode for both
     converted the ArcFace crop as if it were FFHQ (distance 0.45); the pair gets ~0."""
@@ -357,6 +368,7 @@ def test_heic_without_pillow_heif_names_the_extra(faces_dir, tmp_path, monkeypat
 # ---------------------------------------------------------------- speed paths give the same numbers
 
 
+@pytest.mark.slow
 def test_photo_threads_give_the_one_at_a_time_result(faces_dir, tmp_path, metric):
     """With 2 torch threads, photos are read, detected and aligned one per thread: the rows,
     failures and order are those of embedding each photo on its own (the plain path), and the

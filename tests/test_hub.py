@@ -280,6 +280,7 @@ _WORKER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_concurrent_first_use_from_two_processes(fake_hub, tiny, tmp_path):
     """Two fresh processes (env vars HF_ENDPOINT/HF_HOME, read at import) race on an empty cache."""
     source, _ = tiny

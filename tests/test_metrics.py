@@ -124,6 +124,7 @@ def test_forward_is_differentiable_update_is_not(metric):
     assert not m.total.requires_grad
 
 
+@pytest.mark.slow
 def test_merge_state_equals_one_metric_over_all_batches(metric):
     batches = _batches(4, n_batches=4)
     for ci in (False, True):

@@ -100,6 +100,7 @@ def test_numpy_errors():
         perface.load_image(np.zeros((3, 8, 8, 5), np.uint8)[0])
 
 
+@pytest.mark.slow
 def test_exif_orientation_is_applied(tmp_path, hopper_path):
     """A JPEG stored sideways with EXIF orientation 6 (rotate 90 CW to display) loads upright."""
     upright = Image.open(hopper_path).convert("RGB").crop((0, 0, 512, 400))
@@ -198,6 +199,7 @@ def test_unreadable_files_raise_image_read_error(case, tmp_path, hopper_path):
     assert fix in str(info.value)
 
 
+@pytest.mark.slow
 def test_single_pair_raises(tmp_path, hopper_path):
     with pytest.raises(ImageReadError, match=r"nope\.jpg"):
         perface.similarity(tmp_path / "nope.jpg", hopper_path)
@@ -294,6 +296,7 @@ def test_partial_face_scores_by_design(all_photos):
 # ---------------------------------------------------------------- CLI
 
 
+@pytest.mark.slow
 def test_cli_similarity(capsys, hopper_path, faces_dir, tmp_path):
     ref, other, bad = hopper_path, faces_dir / "astronaut.png", tmp_path / "gone.jpg"
     assert cli_main(["similarity", str(ref), str(other), str(bad)]) == 0

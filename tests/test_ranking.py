@@ -444,6 +444,7 @@ for round in range(8):
 """
 
 
+@pytest.mark.slow
 def test_two_processes_writing_one_cache_keep_each_others_rows(tmp_path):
     import subprocess
     import sys

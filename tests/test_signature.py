@@ -141,6 +141,7 @@ def test_prec_field_follows_the_network_dtype_and_a_cast_is_no_modification(cast
     assert not _field(sig, "model").endswith("*")
 
 
+@pytest.mark.slow
 def test_star_marks_weights_changed_by_an_optimizer_step(tmp_path):
     m = PerFace(trainable=True)
     m.eval()

@@ -127,6 +127,7 @@ def _held_out_accuracy(model, root: Path, ids) -> float:
     return sum(correct) / len(correct)
 
 
+@pytest.mark.slow
 def test_short_training_round_trips_with_an_honest_card(synthetic_set, tmp_path):
     """A few steps (lr 0.05 to learn within CI time): the written checkpoint loads back, its stored
     test accuracy is what the files give, and the card carries the signature of the written weights."""
@@ -174,6 +175,7 @@ def test_short_training_round_trips_with_an_honest_card(synthetic_set, tmp_path)
     assert events[:2] == ["start", "baseline"] and events.count("epoch") == 3 and events[-1] == "finish"
 
 
+@pytest.mark.slow
 def test_no_gain_keeps_the_initialization_and_says_so(synthetic_set, tmp_path):
     """lr 0 cannot beat the initialization: the card and the summary say so, and the checkpoint
     (the initialization's weights) is not labelled perceptual."""
@@ -233,6 +235,7 @@ def test_recipes():
     assert TrainConfig(data="d", out="o", recipe="paper", bn="frozen").resolved().bn == "frozen"  # a flag wins
 
 
+@pytest.mark.slow
 def test_micro_batches_give_the_full_batch_gradient():
     """With BatchNorm frozen, micro-batches accumulate the full batch's gradient (so CPU training may use them)."""
     import perface
@@ -290,6 +293,7 @@ def test_default_flags_learn_on_held_out_people(tmp_path, faces_dir):
     assert after >= before + 0.15, (before, after)
 
 
+@pytest.mark.slow
 def test_resume_continues_from_last_epoch(synthetic_set, tmp_path):
     from perface.train.config import TrainConfig
     from perface.train.trainer import train

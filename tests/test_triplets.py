@@ -214,6 +214,7 @@ def test_bootstrap_ci_covers_mean_and_is_seeded():
 # -- perface.eval triplets -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_eval_triplets_table(tmp_path, faces_dir, capsys):
     """Two models on real aligned crops; one row per model in markdown, CSV and JSON."""
     from perface import PerFace

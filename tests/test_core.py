@@ -312,4 +312,5 @@ def test_cli_similarity_prints_score_and_model(metric, faces, tmp_path, capsys):
     assert "sface" in out
     with torch.no_grad():
         expected = metric.similarity(faces[0], faces[3]).item()
-    assert float(out.split()[0]) == pytest.approx(expected, abs=1e-3)
+    (line,) = [line for line in out.splitlines() if not line.startswith("#")]  # '#' lines: the legend
+    assert float(line.split()[0]) == pytest.approx(expected, abs=1e-3)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from . import UsageError
+from . import UsageError, input_failures
 from .rank import add_cache_arguments, cache_options
 
 
@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         shard = parse_shard(args.shard) if args.shard else None
     except ValueError as exc:
-        raise UsageError(str(exc)) from None
+        raise UsageError(f"--shard {args.shard}: {exc}") from None
     options = cache_options(args)
     embedder = PhotoEmbedder(
         args.model, batch_size=args.batch_size, num_workers=args.workers, progress=False, device=args.device
@@ -67,4 +67,5 @@ def run(args: argparse.Namespace) -> int:
     if args.report:
         write_failures(args.report, failures)
         print(f"failures: {args.report}")
-    return 0
+    where = f"in {args.report}" if args.report else "listed by --report FILE"
+    return input_failures("perface embed-pool", len(failures), len(pool) + len(pool.skipped), "pool files", where)

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Callable, Optional
 
+from .._plotting import count_axis
+
 __all__ = [
     "MIN_ITEMS",
     "Notes",
@@ -70,13 +72,6 @@ def write_outputs(out: Path, writers: dict[str, tuple[str, Callable[[Path], obje
         for name, write in writers.values():
             write(tmp / name)
     return {key: out / name for key, (name, _) in writers.items()}
-
-
-def count_axis(axis) -> None:
-    """Whole numbers only on a count axis (``ax.yaxis`` / ``ax.xaxis``): no 0.25 faces."""
-    from matplotlib.ticker import MaxNLocator
-
-    axis.set_major_locator(MaxNLocator(integer=True))
 
 
 def threshold_lines(ax, values: Sequence[float], name: str, color: str = "0.3") -> None:

@@ -382,3 +382,14 @@ def test_shared_options_have_one_meaning():
             if "--batch-size" in action.option_strings:
                 seen.setdefault("--batch-size", set()).add((action.metavar,))
     assert {k: len(v) for k, v in seen.items()} == {"--device": 1, "--workers": 1, "--batch-size": 1}, seen
+
+
+def test_old_face_index_keyword_names_its_replacements():
+    """perface.similarity(..., face_index=1) (the keyword before face_index_a/_b): a TypeError
+    that names the new keywords, raised before any photo is read."""
+    import perface
+
+    with pytest.raises(TypeError, match=r"'face_index'.*face_index_a=N and/or face_index_b=N"):
+        perface.similarity("missing-a.jpg", "missing-b.jpg", face_index=1)
+    with pytest.raises(TypeError, match=r"unexpected keyword argument\(s\) 'colour'$"):
+        perface.similarity("missing-a.jpg", "missing-b.jpg", colour=1)

@@ -139,7 +139,9 @@ def test_missing_files_name_the_path(capsys, tmp_path):
     outcome(capsys, eval_main(["anonymization", "--original", nowhere, "--anonymized", nowhere]), 1, "nowhere")
     labels = tmp_path / "labels.csv"
     labels.write_text("file,gender\na.jpg,f\n")
-    outcome(capsys, eval_main(["attributes", "--images", nowhere, "--labels", str(labels)]), 1, "nowhere")
+    argv = ["attributes", "--images", nowhere, "--labels", str(labels), "--out", str(tmp_path / "at")]
+    outcome(capsys, eval_main(argv), 1, "nowhere", "check the path")
+    assert not (tmp_path / "at").exists()
     outcome(capsys, train_main(["--data", gone, "--init", "sface", "--out", str(tmp_path / "t"), "-q"]), 1, "gone.jpg")
 
 

@@ -4,6 +4,8 @@ One shard per process or machine (--shard i/n, or --shard auto under torchrun, w
 and WORLD_SIZE), each writing its own shard file into a shared --cache folder; afterwards
 --merge folds the shards into the cache 'perface rank' reads (or rank the shards as they are
 with 'perface rank --no-update'). Progress is saved as it goes: an interrupted run resumes.
+Exit status: 0 every file was embedded, 1 some were not (--report FILE lists them), 2 usage,
+130 interrupted (see docs/cli.md).
 """
 
 from __future__ import annotations

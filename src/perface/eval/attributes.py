@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import errno
 import json
 import math
 from collections.abc import Sequence
@@ -327,6 +328,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if not args.images.is_dir():
+        raise FileNotFoundError(errno.ENOENT, "no such folder", str(args.images))
     report = evaluate(
         args.images,
         args.labels,

@@ -320,4 +320,5 @@ def test_cli_similarity_prints_score_and_model(tmp_path, capsys):
     assert "sface" in out
     onnx = nn.functional.normalize(torch.from_numpy(REFERENCE["onnx_embeddings"][[0, 3]]), dim=1)
     expected = float(onnx[0] @ onnx[1])  # onnxruntime's embeddings of the same two crops
-    assert float(out.split()[0]) == pytest.approx(expected, abs=1e-3)
+    (line,) = [line for line in out.splitlines() if not line.startswith("#")]  # '#' lines: the legend
+    assert float(line.split()[0]) == pytest.approx(expected, abs=1e-3)

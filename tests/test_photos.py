@@ -299,21 +299,24 @@ def test_partial_face_scores_by_design(all_photos):
 @pytest.mark.slow
 def test_cli_similarity(capsys, hopper_path, faces_dir, tmp_path):
     ref, other, bad = hopper_path, faces_dir / "astronaut.png", tmp_path / "gone.jpg"
-    assert cli_main(["similarity", str(ref), str(other), str(bad)]) == 0
-    lines = capsys.readouterr().out.strip().splitlines()
+    assert cli_main(["similarity", str(ref), str(other), str(bad)]) == 1  # one pair failed
+    lines = [line for line in capsys.readouterr().out.strip().splitlines() if not line.startswith("#")]
     assert len(lines) == 2
-    score, r, o, model, signature = lines[0].split("\t")
+    score, r, o, model, signature, reading = lines[0].split("\t")
     assert float(score) == pytest.approx(reference_similarity("grace_hopper.jpg", "astronaut.png"), abs=0.005)
     assert r == str(ref) and o == str(other) and model == "model=sface"
     assert signature == f"signature={sface_signature('detect')}"
+    assert reading.startswith("reading=") and "different-person pairs" in reading
     assert lines[1].startswith("failed\t") and "gone.jpg" in lines[1]
 
-    assert cli_main(["similarity", "--json", str(ref), str(other), str(bad)]) == 0
+    assert cli_main(["similarity", "--json", str(ref), str(other), str(bad)]) == 1
     records = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
     assert records[0]["model"] == "sface" and records[0]["error"] is None
+    assert records[0]["kind"] == "identity baseline"
     assert records[0]["signature"] == signature[len("signature=") :]
     assert abs(records[0]["similarity"] - float(score)) < 1e-4
-    assert records[1]["similarity"] is None and "gone.jpg" in records[1]["error"]
+    assert records[0]["reading"]["reference"] == "shared-faces-v1"
+    assert records[1]["similarity"] is None and "gone.jpg" in records[1]["error"] and records[1]["reading"] is None
 
     assert cli_main(["similarity", str(bad), str(other)]) == 1  # every pair failed
     capsys.readouterr()
@@ -331,7 +334,8 @@ def test_cli_pre_aligned_crops(capsys, hopper_path, faces_dir, tmp_path):
         paths.append(tmp_path / f"ffhq{i}.png")
         Image.fromarray((crop.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(paths[-1])
     assert cli_main(["similarity", "--aligned", "ffhq", str(paths[0]), str(paths[1])]) == 0
-    score = float(capsys.readouterr().out.split("\t")[0])
+    (line,) = [line for line in capsys.readouterr().out.splitlines() if not line.startswith("#")]
+    score = float(line.split("\t")[0])
     assert score == pytest.approx(reference_similarity("grace_hopper.jpg", "astronaut.png"), abs=0.03)
 
 

@@ -73,7 +73,7 @@ def ranked(pool, tmp_path_factory):
     status = cli.main(
         ["rank", str(pool / "obama.jpg"), str(pool), "--out", str(out), "--cache", str(cache), "--top", "20", "-q"]
     )
-    assert status == 0
+    assert status == 1  # the pool's four unusable files (failures.csv); the rest is ranked
     return out, cache
 
 
@@ -136,7 +136,7 @@ def test_band_and_identity_exclusion_use_the_cache(ranked, pool, tmp_path, capsy
             "-q",
         ]
     )
-    assert status == 0
+    assert status == 1  # the four unusable pool files, as in `ranked`
     assert " 0 embedded now" in capsys.readouterr().out  # every pool photo came from the cache
     files = [r["file"] for r in read_csv(tmp_path / "ranking.csv")]
     assert sorted(files) == ["astronaut.png", "biden.jpg", "grace_hopper.jpg"]
@@ -247,7 +247,7 @@ def test_copies_and_links_of_the_target_are_left_out_unless_kept(ranked, pool, t
             "-q",
         ]
     )
-    assert status == 0 and "left out 1 file(s) as the target or a copy of it: obama.jpg" in capsys.readouterr().out
+    assert status == 1 and "left out 1 file(s) as the target or a copy of it: obama.jpg" in capsys.readouterr().out
     rows = read_csv(tmp_path / "ranking.csv")
     assert sorted(r["file"] for r in rows) == ["copies/obama_copy.jpg", "copies/obama_link.jpg"]
     assert all(float(r["similarity"]) > 0.9999 for r in rows)
@@ -264,7 +264,7 @@ def test_every_output_carries_the_metric_signature(ranked, pool, tmp_path, capsy
         ["rank", str(pool / "biden.jpg"), str(pool), "--out", str(tmp_path), "--cache", str(cache), "--top", "3", "-q"]
     )
     printed = capsys.readouterr().out
-    assert status == 0 and f"signature: {expected}" in printed.splitlines()
+    assert status == 1 and f"signature: {expected}" in printed.splitlines()
     assert (
         "pool " in printed
         and "14 files, 10 faces, 4 without an embedding; 0 embedded now, 13 from the cache" in printed
@@ -375,7 +375,9 @@ def test_read_only_cache_warns_once_and_ranks_without_it(faces_dir, tmp_path):
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
 def test_device_cuda_without_cuda_names_the_fix(pool, tmp_path, capsys):
-    status = cli.main(
-        ["rank", str(pool / "obama.jpg"), str(pool), "--out", str(tmp_path), "--no-cache", "--device", "cuda", "-q"]
-    )
-    assert status == 1 and "--device cpu" in capsys.readouterr().err
+    """A device this machine lacks is a usage error (exit 2), found before any work."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(
+            ["rank", str(pool / "obama.jpg"), str(pool), "--out", str(tmp_path), "--no-cache", "--device", "cuda", "-q"]
+        )
+    assert exit_info.value.code == 2 and "--device cpu" in capsys.readouterr().err

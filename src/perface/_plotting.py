@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Union
 
 if TYPE_CHECKING:
+    from matplotlib.axis import Axis
     from matplotlib.figure import Figure
 
 
@@ -25,7 +26,7 @@ def pyplot():
 def save_figure(
     fig: Figure, path: Union[str, Path], dpi: Union[float, str] = "figure", footer: Sequence[str] = ()
 ) -> Path:
-    """Lay out ``fig`` and write it to ``path`` (parents created); returns the path.
+    """Lay out ``fig`` and write it to ``path`` atomically (parents created); returns the path.
 
     ``footer``: lines in small monospace type under the plot (e.g. the metric signature, so that a
     copied figure still says which metric made it); space is reserved for them.
@@ -38,7 +39,14 @@ def save_figure(
         fig.text(0.01, 0.01, "\n".join(lines), fontsize=6, color="0.35", ha="left", va="bottom", family="monospace")
     else:
         fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
-    return path
+    from ._io import atomic_write
+
+    fmt = Path(path).suffix.lstrip(".").lower() or "png"
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format=fmt))
+
+
+def count_axis(axis: Axis) -> None:
+    """Whole numbers only on a count axis (``ax.yaxis`` / ``ax.xaxis``): no 0.25 faces."""
+    from matplotlib.ticker import MaxNLocator
+
+    axis.set_major_locator(MaxNLocator(integer=True))

@@ -109,6 +109,20 @@ def _pairs(n_a: int, n_b: int) -> list[tuple[int, int]]:
     )
 
 
+_RENAMED = {
+    "face_index": "face_index was split into face_index_a (which face of the photos in a) and face_index_b "
+    "(of those in b), so that choosing a face on one side leaves the other alone: pass face_index_a=N "
+    "and/or face_index_b=N",
+}
+
+
+def _unknown_keywords(function: str, unknown: dict[str, Any]) -> str:
+    """The message for keywords ``function`` does not take, naming replacements of old ones."""
+    names = ", ".join(repr(k) for k in unknown)
+    hints = [_RENAMED[k] for k in unknown if k in _RENAMED]
+    return f"{function}() got unexpected keyword argument(s) {names}" + ("; " + "; ".join(hints) if hints else "")
+
+
 def similarity(
     a: Any,
     b: Any,
@@ -120,6 +134,7 @@ def similarity(
     num_workers: int = 0,
     progress: bool = False,
     device: Union[str, torch.device, None] = None,
+    **unknown: Any,
 ) -> Union[float, SimilarityResult]:
     """How alike the faces in ``a`` and ``b`` look: cosine similarity in [-1, 1] (higher = more alike).
 
@@ -132,8 +147,11 @@ def similarity(
     pairwise for equal lengths, one-against-many when one side has a single image; returns a
     :class:`SimilarityResult` whose failed pairs are NaN with a reason. ``model``: checkpoint
     name or :class:`~perface.PerFace`. No gradients (use ``PerFace(align="detect")`` for a
-    differentiable loss). Raises ``ValueError`` for list lengths that cannot pair (before any work).
+    differentiable loss). Raises ``ValueError`` for list lengths that cannot pair (before any work),
+    ``TypeError`` for an unknown keyword (naming its replacement for the old ``face_index=``).
     """
+    if unknown:
+        raise TypeError(_unknown_keywords("similarity", unknown))
     for name, value in (("face_index_a", face_index_a), ("face_index_b", face_index_b)):
         if (isinstance(value, str) and value == "all") or (isinstance(value, (list, tuple)) and "all" in value):
             raise ValueError(f"similarity compares one face per image; pass {name}=None or an int")

@@ -155,8 +155,11 @@ class Reading:
         """JSON-ready fields, with the sentence under ``"text"``."""
         return {**asdict(self), "text": str(self)}
 
-    def __str__(self) -> str:
-        model = self.signature.split("|")[1].partition(":")[2] if "|" in self.signature else self.signature
+    @property
+    def position(self) -> str:
+        """The score's place among the pairs, without the score and the reference set's name, e.g.
+        "above all 15 different-person pairs (highest 0.259); below 3 of 6 same-person pairs
+        (0.653 to 0.922)"."""
         parts = [
             _place(
                 self.different_below,
@@ -168,8 +171,12 @@ class Reading:
             ),
             _place(self.same_below, self.same_tied, self.same_above, self.same_range, "same-person", low_first=False),
         ]
+        return "; ".join(parts)
+
+    def __str__(self) -> str:
+        model = self.signature.split("|")[1].partition(":")[2] if "|" in self.signature else self.signature
         return (
-            f"{self.score:.3f}: {'; '.join(parts)}. Reference set '{self.reference}': {self.pairs} pairs of "
+            f"{self.score:.3f}: {self.position}. Reference set '{self.reference}': {self.pairs} pairs of "
             f"{self.photos} photos of {self.people} people, model {model}; too few to calibrate a threshold."
         )
 

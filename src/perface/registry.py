@@ -78,6 +78,12 @@ class ModelSpec:
     cpu_chunk: Optional[int] = None
 
     @property
+    def kind(self) -> str:
+        """``"perceptual"`` (fine-tuned on human judgments of likeness) or ``"identity baseline"``
+        (a face-recognition embedding: same person or not)."""
+        return "perceptual" if self.perceptual else "identity baseline"
+
+    @property
     def measures(self) -> str:
         """What this checkpoint's similarity means: human-perceived likeness or identity."""
         if self.perceptual:

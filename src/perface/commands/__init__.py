@@ -37,6 +37,13 @@ __all__ = [
     "UsageError",
     "HelpFormatter",
     "add_quiet",
+    "add_model",
+    "add_device",
+    "device_type",
+    "model_type",
+    "add_workers",
+    "add_batch_size",
+    "input_failures",
     "make_parser",
     "dispatch",
     "run_command",
@@ -58,7 +65,8 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = _plain(action.help or "")
-        hidden = action.default is None or action.default is False or action.default is argparse.SUPPRESS
+        default = action.default
+        hidden = default is None or default is False or default is argparse.SUPPRESS or default == []
         if "default" not in text.lower() and not hidden and action.option_strings and action.nargs != 0:
             text += " (default: %(default)s)"
         return text
@@ -84,6 +92,99 @@ def make_parser(prog: str, description: str) -> argparse.ArgumentParser:
 def add_quiet(parser: argparse.ArgumentParser) -> None:
     """``-q/--quiet``: no progress bars (and no other chatter) — the same flag on every command."""
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
+def model_type(text: str) -> str:
+    """argparse ``type=`` of a model option: ``text`` if it is a registered name, an existing path or
+    a Hub repo id ``org/repo[@revision]``; else an argparse error suggesting close registered names
+    (exit 2, before any work)."""
+    from pathlib import Path
+
+    from ..errors import UnknownModelError
+    from ..pretrained import parse_hub_id
+    from ..registry import MODELS, get_spec
+
+    if text in MODELS or Path(text).expanduser().exists() or parse_hub_id(text) is not None:
+        return text
+    try:
+        get_spec(text)
+    except UnknownModelError as exc:
+        raise argparse.ArgumentTypeError(_describe_error(exc)) from None
+    return text
+
+
+def add_model(parser: argparse.ArgumentParser, *, repeat: bool = False, what: str = "") -> None:
+    """``--model NAME``: a registered checkpoint name, a local checkpoint folder or a Hub repo id;
+    ``repeat=True`` collects several into ``args.models`` (default: none given)."""
+    from ..registry import DEFAULT_MODEL
+
+    text = (what + ": " if what else "") + "registered name (see 'perface models'), checkpoint folder or Hub repo id"
+    if repeat:
+        parser.add_argument(
+            "--model",
+            action="append",
+            dest="models",
+            type=model_type,
+            metavar="NAME",
+            help=f"{text}; repeat for several (default: {DEFAULT_MODEL})",
+        )
+    else:
+        parser.add_argument("--model", default=DEFAULT_MODEL, type=model_type, metavar="NAME", help=text)
+
+
+def device_type(text: str) -> str:
+    """argparse ``type=`` of a device option: ``text`` if :func:`perface.devices.resolve_device`
+    accepts it, else an argparse error naming the accepted forms (exit 2)."""
+    from ..devices import resolve_device
+
+    try:
+        resolve_device(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def add_device(parser: argparse.ArgumentParser, what: str = "") -> None:
+    """``--device``: where the network runs; checked while parsing (a bad device is exit 2)."""
+    parser.add_argument(
+        "--device",
+        default="auto",
+        type=device_type,
+        metavar="DEVICE",
+        help=(what + ": " if what else "")
+        + "where the network runs: auto (cuda:$LOCAL_RANK if CUDA is available, else cpu), cpu, cuda, cuda:1 ...",
+    )
+
+
+def add_workers(parser: argparse.ArgumentParser) -> None:
+    """``--workers N``: processes decoding (and detecting faces in) the images."""
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="worker processes decoding the images (and finding their faces); 0 = in this process",
+    )
+
+
+def add_batch_size(parser: argparse.ArgumentParser, default: int, unit: str = "images per forward pass") -> None:
+    """``--batch-size N``: ``unit`` names what is counted (faces, triplets ...)."""
+    parser.add_argument("--batch-size", type=int, default=default, metavar="N", help=unit)
+
+
+def input_failures(prog: str, failed: int, total: Optional[int], what: str, where: str = "listed above") -> int:
+    """The closing line of a command whose inputs partly failed: ``failed`` of ``total`` ``what``
+    (e.g. "pool files"; ``total`` None: not counted) gave no result (reasons ``where``). Returns
+    the exit status: 1 when any failed, else 0. The outputs hold every input that worked."""
+    if not failed:
+        return EXIT_OK
+    count = f"{failed} of {total}" if total is not None else str(failed)
+    print(
+        f"{prog}: {count} {what} failed (reasons {where}); the outputs hold the rest; exit status 1",
+        file=sys.stderr,
+        flush=True,
+    )
+    return EXIT_FAILED
 
 
 def _warning_printer(prog: str, stream: TextIO) -> Callable[..., None]:
@@ -195,7 +296,11 @@ def dispatch(prog: str, description: str, table: Table, argv: list[str], version
             parser.print_help()
             return EXIT_USAGE
     module_name, help_text = table[argv[0]]
-    module = importlib.import_module(module_name)
+    try:
+        module = importlib.import_module(module_name)
+    except KeyboardInterrupt:  # Ctrl-C while the command's modules load
+        print(f"{prog} {argv[0]}: interrupted", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
     parser = make_parser(f"{prog} {argv[0]}", (module.__doc__ or help_text).strip())
     module.add_arguments(parser)
     return run_command(f"{prog} {argv[0]}", parser, module.run, argv[1:])

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import HelpFormatter, UsageError, add_quiet
+from . import HelpFormatter, UsageError, add_batch_size, add_device, add_model, add_quiet
 
 
 def _sub(
@@ -32,7 +32,6 @@ def _sub(
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ..annotate.make import DISPLAYS, MODES
-    from ..registry import DEFAULT_MODEL
 
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
 
@@ -51,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="random; uncertain: where --model is least sure (candidates' similarities closest); "
         "design: SimCelebA's design over --groups (default: random)",
     )
-    make.add_argument("--n", type=int, help="number of triplets (design mode: default all)")
+    make.add_argument("--n", type=int, help="number of triplets (default: all in design mode, else required)")
     make.add_argument(
         "--groups",
         help="design mode: folder of group subfolders (one target each, its face swaps "
@@ -68,9 +67,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "a usable face are left out), or the image files as they are (default: crops)",
     )
     make.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    make.add_argument("--model", default=DEFAULT_MODEL, help="uncertain mode: checkpoint name or directory")
-    make.add_argument("--batch-size", type=int, default=32, help="uncertain mode: faces per forward pass")
-    make.add_argument("--device", default="auto", help="uncertain mode: cpu, cuda, cuda:1 or auto")
+    add_model(make, what="uncertain mode")
+    add_batch_size(make, 32, "uncertain mode: faces per forward pass")
+    add_device(make, "uncertain mode")
 
     serve = _sub(sub, "serve", "serve the annotation page of a study and store the answers")
     serve.add_argument("study", help="study folder made by 'perface annotate make'")

@@ -12,7 +12,7 @@ from ..registry import MODELS, get_spec
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("name", help="registered model name (see `perface models`) or Hub repo id org/repo[@revision]")
+    parser.add_argument("name", help="registered model name (see 'perface models') or Hub repo id org/repo[@revision]")
     parser.add_argument("--force", action="store_true", help="download again even if cached (after a checksum error)")
     parser.add_argument(
         "--from-file",
@@ -25,7 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--timeout",
         type=float,
         default=None,
-        help="registered models: seconds to wait for the Hub to answer (default HF_HUB_ETAG_TIMEOUT, 10)",
+        metavar="SECONDS",
+        help="registered models: seconds to wait for the Hub to answer (default: $HF_HUB_ETAG_TIMEOUT, else 10)",
     )
 
 

@@ -4,13 +4,15 @@ One shard per process or machine (--shard i/n, or --shard auto under torchrun, w
 and WORLD_SIZE), each writing its own shard file into a shared --cache folder; afterwards
 --merge folds the shards into the cache 'perface rank' reads (or rank the shards as they are
 with 'perface rank --no-update'). Progress is saved as it goes: an interrupted run resumes.
+Exit status: 0 every file was embedded, 1 some were not (--report FILE lists them), 2 usage,
+130 interrupted (see docs/cli.md).
 """
 
 from __future__ import annotations
 
 import argparse
 
-from . import UsageError
+from . import UsageError, input_failures
 from .rank import add_cache_arguments, cache_options
 
 
@@ -40,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         shard = parse_shard(args.shard) if args.shard else None
     except ValueError as exc:
-        raise UsageError(str(exc)) from None
+        raise UsageError(f"--shard {args.shard}: {exc}") from None
     options = cache_options(args)
     embedder = PhotoEmbedder(
         args.model, batch_size=args.batch_size, num_workers=args.workers, progress=False, device=args.device
@@ -67,4 +69,5 @@ def run(args: argparse.Namespace) -> int:
     if args.report:
         write_failures(args.report, failures)
         print(f"failures: {args.report}")
-    return 0
+    where = f"in {args.report}" if args.report else "listed by --report FILE"
+    return input_failures("perface embed-pool", len(failures), len(pool) + len(pool.skipped), "pool files", where)

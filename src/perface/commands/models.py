@@ -31,6 +31,7 @@ def run(args: argparse.Namespace) -> int:
                 "status": weights_status(src),
                 "size": src.size,
                 "license": spec.license,
+                "kind": spec.kind,
                 "measures": spec.measures,
                 "arch": spec.arch,
                 "embedding_size": spec.embedding_size,
@@ -46,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     for row in rows:
         flag = " (default)" if row["default"] else ""
         print(f"{row['name']}{flag}: {row['status']}, {_size(row['size'])}, {row['arch']} {row['embedding_size']}-d")
-        print(f"    measures: {row['measures']}")
+        print(f"    kind:     {row['kind']}: {row['measures']}")
         print(f"    license:  {row['license']}")
         print(f"    trained:  {row['trained_on']}")
         print(f"    weights:  {row['source']}")

@@ -3,7 +3,9 @@
 Writes ranking.csv (rank, file, similarity, face box, metric signature), contact_sheet.png,
 histogram.png, failures.csv (every pool file without an embedding, with the reason) and
 summary.json into --out, all at once when complete. The pool is embedded once and cached;
-progress is saved as it goes, so an interrupted run resumes where it stopped.
+progress is saved as it goes, so an interrupted run resumes where it stopped. Exit status: 0
+every pool file was embedded, 1 some were not (the rest is ranked; failures.csv lists them), 2
+usage, 130 interrupted (see docs/cli.md).
 """
 
 from __future__ import annotations
@@ -11,39 +13,34 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..registry import DEFAULT_MODEL
-from . import UsageError, add_quiet
+from . import UsageError, add_batch_size, add_device, add_model, add_quiet, add_workers, input_failures
 
 
 def add_cache_arguments(parser: argparse.ArgumentParser) -> None:
     """Where the pool's embeddings are kept and how they are made, shared by ``perface rank``
     and ``perface embed-pool``."""
-    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"checkpoint name or path (default {DEFAULT_MODEL})")
+    add_model(parser)
     parser.add_argument(
         "--cache",
         metavar="DIR",
-        help="pool cache folder (default: $PERFACE_CACHE/pools/<pool>-<hash>, PERFACE_CACHE defaulting "
-        "to $HF_HOME/perface; see docs/ranking.md)",
+        help="pool cache folder (default: $PERFACE_CACHE/pools/<pool>-<hash>, where PERFACE_CACHE is "
+        "$HF_HOME/perface unless set; see docs/ranking.md)",
     )
     parser.add_argument("--rebuild", action="store_true", help="re-embed every photo, ignoring the cache")
     parser.add_argument(
         "--dtype",
         choices=("float32", "float16"),
-        help="stored embedding type of a new cache: float16 halves disk and memory (default float32)",
+        help="stored embedding type of a new cache: float16 halves disk and memory (default: float32)",
     )
-    parser.add_argument("--batch-size", type=int, default=32, help="faces per forward pass (default 32)")
-    parser.add_argument(
-        "--device",
-        default="auto",
-        help="where the backbone runs: cpu, cuda, cuda:1, or auto (cuda:$LOCAL_RANK if CUDA is available)",
-    )
-    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers for detection/alignment (default 0)")
+    add_batch_size(parser, 32, "faces per forward pass")
+    add_device(parser)
+    add_workers(parser)
     parser.add_argument(
         "--save-every",
         type=int,
         default=500,
         metavar="N",
-        help="save embedding progress every N files at most (and every 30 s) (default 500)",
+        help="save embedding progress every N files at most, and every 30 s",
     )
     add_quiet(parser)
 
@@ -51,7 +48,7 @@ def add_cache_arguments(parser: argparse.ArgumentParser) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("target", help="photo of the target face")
     parser.add_argument("pool", help="folder of photos to choose from (searched recursively)")
-    parser.add_argument("--out", required=True, help="output folder for the CSVs, PNGs and summary")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder for the CSVs, PNGs and summary")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument(
         "--band",
@@ -60,7 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar=("LO", "HI"),
         help="keep faces with LO <= similarity <= HI (most similar first)",
     )
-    mode.add_argument("--top", type=int, metavar="K", help="the K most similar faces (default 20)")
+    mode.add_argument("--top", type=int, metavar="K", help="the K most similar faces (default: 20)")
     mode.add_argument("--bottom", type=int, metavar="K", help="the K least similar faces")
     parser.add_argument(
         "--limit", type=int, metavar="K", help="with --band: keep only the K most similar faces inside the band"
@@ -76,7 +73,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="keep byte-identical copies of the target file (and links to it) among the candidates",
     )
-    parser.add_argument("--labels", help="CSV with a 'file' column and attribute columns (e.g. gender, age)")
+    parser.add_argument(
+        "--labels", metavar="CSV", help="CSV with a 'file' column and attribute columns (e.g. gender, age)"
+    )
     parser.add_argument(
         "--group",
         action="append",
@@ -90,7 +89,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="rank what the cache holds (main cache or shard caches) without scanning the folder",
     )
-    parser.add_argument("--sheet-max", type=int, default=24, help="faces shown on the contact sheet (default 24)")
+    parser.add_argument("--sheet-max", type=int, default=24, metavar="N", help="faces shown on the contact sheet")
 
 
 def cache_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -162,4 +161,4 @@ def run(args: argparse.Namespace) -> int:
     print(f"signature: {result.signature}")
     for kind, path in paths.items():
         print(f"{kind}: {path}")
-    return 0
+    return input_failures("perface rank", summary["failed"], summary["files"], "pool files", f"in {paths['failures']}")

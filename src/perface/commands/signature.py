@@ -16,16 +16,18 @@ from __future__ import annotations
 import argparse
 from typing import Optional
 
-from . import UsageError
+from ..registry import DEFAULT_MODEL
+from . import UsageError, model_type
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         default=None,
+        type=model_type,
         metavar="NAME",
         help="registered name, local checkpoint folder or Hub repo id (default: the model named by "
-        "--check, else the default model)",
+        f"--check, else {DEFAULT_MODEL})",
     )
     parser.add_argument(
         "--align",
@@ -57,7 +59,6 @@ def _align(text: str) -> tuple[str, ...]:
 
 def run(args: argparse.Namespace) -> int:
     from ..model import PerFace
-    from ..registry import DEFAULT_MODEL
     from ..signature import Signature, check_signature, signature_of
 
     expected: Optional[Signature] = None

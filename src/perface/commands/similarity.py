@@ -1,10 +1,17 @@
-"""``perface similarity REF OTHER [OTHER ...]``: how alike the face in REF looks to each OTHER.
+"""'perface similarity REF OTHER [OTHER ...]': how alike the face in REF looks to each OTHER.
 
-Photos are detected and aligned to the model's template (``--aligned FORMAT`` for crops that
-are already aligned). One line per pair: ``similarity<TAB>REF<TAB>OTHER<TAB>model=NAME<TAB>
-signature=SIGNATURE``; a pair that fails prints ``failed`` and the reason instead of a number,
-and the rest go on. With ``--json``, one JSON object per line (``similarity`` is null and
-``error`` set on failure). Exit status: 0 if at least one pair scored, 1 if every pair failed.
+Photos are detected and aligned to the model's template (--aligned FORMAT for crops that are
+already aligned). The output is tab-separated, one line per pair, after a legend of lines that
+start with '#' (what the number is, the model's kind, how to read the value):
+
+  SIMILARITY  REF  OTHER  model=NAME  signature=SIGNATURE  reading=PLACE
+
+SIMILARITY is the cosine similarity of the two faces' embeddings in [-1, 1] (higher = more
+alike); PLACE is where it falls among the same-person and different-person pairs of the model's
+reference set ('-' for a model without one). A pair that fails prints 'failed' and the reason
+instead, and the rest go on. 'grep -v "^#"' leaves the pairs alone. With --json: one JSON
+object per line and no legend. Exit status: 0 every pair scored, 1 some or all pairs failed,
+2 usage, 130 interrupted (see docs/cli.md).
 """
 
 from __future__ import annotations
@@ -12,17 +19,17 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..registry import DEFAULT_MODEL
 from ..templates import list_templates
+from . import add_device, add_model, add_quiet, add_workers, input_failures
+
+PROGRESS_FROM = 16  # more photos than this show a progress bar (unless -q)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.description = __doc__
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("reference", help="photo (or aligned crop, see --aligned) of the reference face")
     parser.add_argument("others", nargs="+", help="photos to compare with the reference")
-    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"checkpoint name or path (default {DEFAULT_MODEL})")
-    parser.add_argument("--json", action="store_true", help="print one JSON object per line")
+    add_model(parser)
+    parser.add_argument("--json", action="store_true", help="print one JSON object per pair (no legend)")
     parser.add_argument(
         "--reference-face-index",
         type=int,
@@ -43,13 +50,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="inputs are crops already aligned in this format: no detection",
     )
-    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers for decoding and detection")
-    parser.add_argument("--device", default=None, help="torch device, e.g. cuda (default cpu)")
+    add_workers(parser)
+    add_device(parser)
+    add_quiet(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..embedding import embed
     from ..model import PerFace
+    from .explain import legend
 
     metric = PerFace(args.model)
     options = dict(align=args.aligned or "detect", num_workers=args.workers, device=args.device)
@@ -66,10 +75,15 @@ def run(args: argparse.Namespace) -> int:
         metric,
         face_index=args.face_index,
         argument="--face-index",
-        progress=len(args.others) > 16,
+        progress=len(args.others) > PROGRESS_FROM and not args.quiet,
         **options,
     )
-    scored = 0
+    explained = legend(metric)
+    if not args.json:
+        for line in [*explained.lines, f"signature: {ref.signature}"]:
+            print(f"# {line}")
+        print("# columns: similarity, reference, other, model, signature, reading (tab-separated)", flush=True)
+    failed = 0
     for j, other in enumerate(args.others):
         reasons: dict[str, str] = {}
         if 0 in ref.errors:
@@ -77,24 +91,27 @@ def run(args: argparse.Namespace) -> int:
         if j in others.errors:
             reasons["other"] = others.errors[j]
         sim = None if reasons else float((ref.embeddings[0] * others.embeddings[j]).sum())
-        scored += sim is not None
+        failed += sim is None
+        reading = explained.reading(sim) if sim is not None else None
         error = "; ".join(reasons.values()) or None
         if args.json:
-            print(
-                json.dumps(
-                    {
-                        "reference": args.reference,
-                        "other": other,
-                        "similarity": sim,
-                        "model": metric.name,
-                        "signature": ref.signature,
-                        "error": error,
-                    }
-                ),
-                flush=True,
-            )
+            record = {
+                "reference": args.reference,
+                "other": other,
+                "similarity": sim,
+                "model": metric.name,
+                "kind": explained.kind,
+                "signature": ref.signature,
+                "reading": reading.to_dict() if reading is not None else None,
+                "error": error,
+            }
+            print(json.dumps(record), flush=True)
         elif sim is None:
             print(f"failed\t{args.reference}\t{other}\tmodel={metric.name}\t{error}", flush=True)
         else:
-            print(f"{sim:.4f}\t{args.reference}\t{other}\tmodel={metric.name}\tsignature={ref.signature}", flush=True)
-    return 0 if scored else 1
+            place = reading.position if reading is not None else "-"
+            print(
+                f"{sim:.4f}\t{args.reference}\t{other}\tmodel={metric.name}\tsignature={ref.signature}\treading={place}",
+                flush=True,
+            )
+    return input_failures("perface similarity", failed, len(args.others), "pairs")

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Optional, TypedDict
 import torch
 
 from .._plotting import pyplot, save_figure
-from ..commands import add_quiet
+from ..commands import add_batch_size, add_model, add_quiet, add_workers, input_failures
 from ..imageio import IMAGE_SUFFIXES
 from ..labels import read_labels
 from ..registry import DEFAULT_MODEL
@@ -458,18 +458,18 @@ def write_report(report: AnonymizationReport, out: Path, plot: bool = True) -> d
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--original", required=True, type=Path, help="folder of original photos")
+    parser.add_argument("--original", required=True, type=Path, metavar="DIR", help="folder of original photos")
     parser.add_argument(
-        "--anonymized", required=True, type=Path, help="folder of anonymized photos, same file names (any extension)"
+        "--anonymized",
+        required=True,
+        type=Path,
+        metavar="DIR",
+        help="folder of anonymized photos, same file names (any extension)",
     )
-    parser.add_argument("--gallery", type=Path, help="re-identification gallery folder (default: the originals)")
     parser.add_argument(
-        "--model",
-        action="append",
-        dest="models",
-        metavar="NAME",
-        help=f"checkpoint name or path; repeat for several (default: {DEFAULT_MODEL})",
+        "--gallery", type=Path, metavar="DIR", help="re-identification gallery folder (default: the originals)"
     )
+    add_model(parser, repeat=True, what="model to score")
     parser.add_argument(
         "--thresholds",
         type=float,
@@ -484,11 +484,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="CSV",
         help="CSV file,identity: who is in each original/gallery file (default: one identity per file)",
     )
-    parser.add_argument("--out", type=Path, default=Path("anonymization_eval"), help="output folder")
-    parser.add_argument("--batch-size", type=int, default=32, help="images embedded per batch")
-    parser.add_argument(
-        "--workers", type=int, default=0, help="DataLoader worker processes for photo loading (0: in the main process)"
-    )
+    parser.add_argument("--out", type=Path, default=Path("anonymization_eval"), metavar="DIR", help="output folder")
+    add_batch_size(parser, 32)
+    add_workers(parser)
     parser.add_argument("--no-plot", action="store_true", help="skip the histogram PNG")
     add_quiet(parser)
 
@@ -508,4 +506,13 @@ def run(args: argparse.Namespace) -> int:
     paths = write_report(report, args.out, plot=not args.no_plot)
     print(_markdown(report))
     print("written: " + ", ".join(str(p) for p in paths.values()))
-    return 0
+    gaps = report["unmatched"]
+    unmatched = len(gaps["original_only"]) + len(gaps["anonymized_only"]) + len(gaps["skipped_same_name"])
+    failed = unmatched + max((len(m["failures"]) for m in report["models"]), default=0)
+    return input_failures(
+        "python -m perface.eval anonymization",
+        failed,
+        None,
+        "input file(s)",
+        f"under 'Unmatched files and failures' in {paths['markdown']}",
+    )

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import errno
 import json
 import math
 from collections.abc import Sequence
@@ -25,7 +26,7 @@ from typing import Any, Optional, TypedDict
 
 import torch
 
-from ..commands import add_quiet
+from ..commands import add_batch_size, add_model, add_quiet, add_workers, input_failures
 from ..labels import read_labels
 from ..registry import DEFAULT_MODEL
 from .groups import MIN_GROUP_SIZE, group_distances, group_scores
@@ -337,11 +338,14 @@ def write_report(report: AttributesReport, out: Path) -> dict[str, Path]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--images", required=True, type=Path, help="folder the labels' file paths are relative to")
+    parser.add_argument(
+        "--images", required=True, type=Path, metavar="DIR", help="folder the labels' file paths are relative to"
+    )
     parser.add_argument(
         "--labels",
         required=True,
         type=Path,
+        metavar="CSV",
         help="CSV with a 'file' column and one column per attribute (e.g. gender, age)",
     )
     parser.add_argument(
@@ -359,28 +363,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="COLUMN",
         help="also evaluate the intersection of these columns, e.g. --combine gender age (repeatable; default: none)",
     )
-    parser.add_argument(
-        "--model",
-        action="append",
-        dest="models",
-        metavar="NAME",
-        help=f"checkpoint name or path; repeat for several (default: {DEFAULT_MODEL})",
-    )
+    add_model(parser, repeat=True, what="model to score")
     parser.add_argument(
         "--confidence",
         type=float,
         default=0.95,
         help="level of the interval whose upper bound is an image's distance to a group",
     )
-    parser.add_argument("--out", type=Path, default=Path("attributes_eval"), help="output folder")
-    parser.add_argument("--batch-size", type=int, default=32, help="images embedded per batch")
-    parser.add_argument(
-        "--workers", type=int, default=0, help="DataLoader worker processes for photo loading (0: in the main process)"
-    )
+    parser.add_argument("--out", type=Path, default=Path("attributes_eval"), metavar="DIR", help="output folder")
+    add_batch_size(parser, 32)
+    add_workers(parser)
     add_quiet(parser)
 
 
 def run(args: argparse.Namespace) -> int:
+    if not args.images.is_dir():
+        raise FileNotFoundError(errno.ENOENT, "no such folder", str(args.images))
     report = evaluate(
         args.images,
         args.labels,
@@ -395,4 +393,11 @@ def run(args: argparse.Namespace) -> int:
     paths = write_report(report, args.out)
     print(_markdown(report))
     print("written: " + ", ".join(str(p) for p in paths.values()))
-    return 0
+    failed = max((len(m["failures"]) for m in report["models"]), default=0)
+    return input_failures(
+        "python -m perface.eval attributes",
+        failed,
+        len(report["files"]),
+        "images",
+        f"under 'Failures' in {paths['markdown']}",
+    )

@@ -19,9 +19,10 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
-    from matplotlib.axis import Axis
 
     from ..model import PerFace
+
+from .._plotting import count_axis
 
 __all__ = [
     "MIN_ITEMS",
@@ -76,13 +77,6 @@ def write_outputs(out: Path, writers: dict[str, tuple[str, Callable[[Path], obje
         for name, write in writers.values():
             write(tmp / name)
     return {key: out / name for key, (name, _) in writers.items()}
-
-
-def count_axis(axis: Axis) -> None:
-    """Whole numbers only on a count axis (``ax.yaxis`` / ``ax.xaxis``): no 0.25 faces."""
-    from matplotlib.ticker import MaxNLocator
-
-    axis.set_major_locator(MaxNLocator(integer=True))
 
 
 def threshold_lines(ax: Axes, values: Sequence[float], name: str, color: str = "0.3") -> None:

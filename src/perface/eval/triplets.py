@@ -13,7 +13,6 @@ import argparse
 import csv
 import io
 import json
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
@@ -21,12 +20,13 @@ from typing import TYPE_CHECKING, Any, Optional
 import torch
 
 from .._io import atomic_write_text
-from ..commands import add_quiet
+from ..commands import add_batch_size, add_device, add_model, add_quiet, add_workers, input_failures
 from ..devices import resolve_device
 from ..labels import read_labels
 from ..registry import DEFAULT_MODEL
 from ..signature import signature_of
 from ..stats import bootstrap_ci
+from ..templates import list_templates
 from ..train.data import TripletSet, load_triplets
 from ..train.dataset import TripletImages, align_photos
 from ..train.evaluate import triplet_correct, triplet_similarities
@@ -35,6 +35,8 @@ from .report import Notes
 
 if TYPE_CHECKING:
     from ..model import PerFace
+
+PROG = "python -m perface.eval triplets"
 
 __all__ = ["evaluate_triplets", "warn_small", "format_table", "add_arguments", "run"]
 
@@ -170,23 +172,23 @@ def format_table(rows: list[dict[str, Any]], fmt: str = "markdown") -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="SimCelebA-format folder or a triplet CSV (see docs/training.md)")
-    parser.add_argument("--answers", help="answers CSV of a SimCelebA-format folder (default DATA/triplet_answers.csv)")
-    parser.add_argument("--images", choices=("photos", "crops"), help="triplet CSV: photos (default) or aligned crops")
-    parser.add_argument("--crop-template", help="triplet CSV of crops: their template (arcface, simceleba, ffhq)")
     parser.add_argument(
-        "--model",
-        action="append",
-        dest="models",
-        metavar="NAME_OR_DIR",
-        help=f"model to score; repeat for several (default: {DEFAULT_MODEL})",
+        "--answers", metavar="CSV", help="answers CSV of a SimCelebA-format folder (default: DATA/triplet_answers.csv)"
     )
+    parser.add_argument("--images", choices=("photos", "crops"), help="triplet CSV: photos (default) or aligned crops")
+    parser.add_argument(
+        "--crop-template", choices=list_templates(), help="triplet CSV of crops: the template they are aligned to"
+    )
+    add_model(parser, repeat=True, what="model to score")
     parser.add_argument(
         "--split",
         help="score one part of a split: random, unseen, seen-source, seen-target or "
         "a split .json (same options as training)",
     )
     parser.add_argument("--part", default="test", choices=("train", "val", "test"), help="part of --split to score")
-    parser.add_argument("--seed", type=int, default=0, help="split seed (as in training) and bootstrap seed")
+    parser.add_argument(
+        "--seed", type=int, default=0, metavar="N", help="split seed (as in training) and bootstrap seed"
+    )
     parser.add_argument("--val-fraction", type=float, default=0.1, help="random split: validation fraction")
     parser.add_argument("--test-fraction", type=float, default=0.1, help="random split: test fraction")
     parser.add_argument(
@@ -211,18 +213,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FILE.csv:COLUMN",
         help="also report accuracy per group of this column (e.g. meta.csv:kind; default: none)",
     )
-    parser.add_argument("--bootstrap", type=int, default=10000, help="bootstrap resamples for the 95%% CI")
+    parser.add_argument("--bootstrap", type=int, default=10000, metavar="N", help="bootstrap resamples for the 95%% CI")
     parser.add_argument(
         "--missing-list",
         metavar="FILE",
         help="write every missing, empty, unreadable or faceless "
         "image to this CSV (path, problem, triplets); the terminal shows counts and the first few",
     )
-    parser.add_argument("--batch-size", type=int, default=64, help="triplets per forward pass")
-    parser.add_argument(
-        "--workers", type=int, default=0, help="processes decoding the images (once); 0 = in this process"
-    )
-    parser.add_argument("--device", default="auto", help="auto (a GPU if any, else cpu), cpu, cuda, cuda:1 ...")
+    add_batch_size(parser, 64, "triplets per forward pass")
+    add_workers(parser)
+    add_device(parser)
     parser.add_argument("--format", default="markdown", choices=("markdown", "csv", "json"), help="stdout format")
     parser.add_argument(
         "--output",
@@ -235,9 +235,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    triplets = load_triplets(
-        args.data, args.answers, args.images, args.crop_template, missing_list=args.missing_list
-    ).majority_only()
+    loaded = load_triplets(args.data, args.answers, args.images, args.crop_template, missing_list=args.missing_list)
+    triplets = loaded.majority_only()
     if args.split:
         split = make_split(
             triplets.ids,
@@ -253,8 +252,10 @@ def run(args: argparse.Namespace) -> int:
     if args.set == "unanimous":
         triplets = triplets.unanimous_only()
     if len(triplets) == 0:
-        print(f"no triplets to score in {args.data} (set {args.set!r}, split {args.split!r})", file=sys.stderr)
-        return 1
+        raise ValueError(
+            f"no triplets to score in {args.data} (set {args.set!r}, split {args.split!r}); "
+            "check --set, --split and --part, or add judged triplets"
+        )
     suffixes = {".md": "markdown", ".csv": "csv", ".json": "json"}
     for out in args.output:  # before the slow part
         if Path(out).suffix.lower() not in suffixes:
@@ -276,4 +277,6 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(rows, args.format), end="")
     for out in args.output:
         atomic_write_text(out, format_table(rows, suffixes[Path(out).suffix.lower()]))
-    return 0
+    failed = len(loaded.skipped) + max((int(r["failed"]) for r in rows), default=0)
+    where = f"in {args.missing_list}" if args.missing_list else "summarized above; --missing-list FILE lists them all"
+    return input_failures(PROG, failed, len(loaded) + len(loaded.skipped), "triplets", where)

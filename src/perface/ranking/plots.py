@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 import torch
 
 from .._io import atomic_write
-from .._plotting import pyplot, save_figure
+from .._plotting import count_axis, pyplot, save_figure
 
 if TYPE_CHECKING:
     from PIL import Image, ImageDraw, ImageFont
@@ -132,9 +132,12 @@ def similarity_histogram(
     chosen: Optional[torch.Tensor] = None,
     title: str = "",
     bins: int = 100,
+    footer: Sequence[str] = (),
 ) -> Path:
     """Write a PNG histogram of pool similarities (NaN entries ignored) with the band shaded,
-    the same-identity threshold dashed and the chosen candidates' scores as ticks below."""
+    the same-identity threshold dashed and the chosen candidates' scores as ticks below, each
+    labelled with its value; whole numbers on the count axis; ``footer`` lines (e.g. the metric
+    signature) under the plot."""
     plt = pyplot()
     scores = scores.detach().float().cpu()
     finite = scores[torch.isfinite(scores)]
@@ -167,18 +170,32 @@ def similarity_histogram(
                 label=f"chosen ({chosen.numel()})",
                 clip_on=False,
             )
-        ax.set_xlabel("similarity to target (cosine)")
+        ax.set_xlabel("cosine similarity to the target's face (higher = more alike)")
         ax.set_ylabel("faces")
-        ax.set_title(title)
-        ax.legend(loc="upper left", fontsize=8)
-        return save_figure(fig, path)
+        count_axis(ax.yaxis)
+        ax.set_title(title, fontsize=10)
+        if ax.get_legend_handles_labels()[0]:  # an empty pool draws nothing to explain
+            ax.legend(loc="upper left", fontsize=8)
+        return save_figure(fig, path, footer=footer)
     finally:
         plt.close(fig)
 
 
-def similarity_heatmap(matrix: torch.Tensor, labels: Sequence[str], path: PathLike, *, title: str = "") -> Path:
+def similarity_heatmap(
+    matrix: torch.Tensor,
+    labels: Sequence[str],
+    path: PathLike,
+    *,
+    title: str = "",
+    footer: Sequence[str] = (),
+    bands: Sequence[tuple[float, float, str]] = (),
+) -> Path:
     """Write a PNG heatmap of a square similarity matrix (N, N) with labelled rows/columns and
-    the value in every cell (when N <= 30); NaN cells (failed images) are grey."""
+    the value in every cell (when N <= 30); NaN cells (failed images) are grey and say "n/a".
+
+    ``bands``: ``(low, high, label)`` ranges marked on the colour bar (e.g. where a reference
+    set's same-person pairs fall), each labelled with its values; ``footer``: lines in small type
+    under the plot (e.g. the metric signature)."""
     plt = pyplot()
     m = matrix.detach().float().cpu().numpy()
     n = m.shape[0]
@@ -203,8 +220,23 @@ def similarity_heatmap(matrix: torch.Tensor, labels: Sequence[str], path: PathLi
                         fontsize=7,
                         color="black" if v == v and v > 0.6 else "white",
                     )
-        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="similarity (cosine)")
-        ax.set_title(title)
-        return save_figure(fig, path)
+        bar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="cosine similarity (higher = more alike)")
+        for k, (low, high, label) in enumerate(bands):
+            color = ("white", "#ff7f0e", "#d62728")[k % 3]
+            low_c, high_c = max(low, -0.2), min(high, 1.0)  # the colour bar's range
+            bar.ax.axhspan(low_c, high_c, xmin=0.0, xmax=1.0, fill=False, edgecolor=color, hatch="//", lw=1.2)
+            bar.ax.annotate(
+                f"{label}\n{low:.2f} to {high:.2f}",
+                xy=(0.0, (low_c + high_c) / 2),
+                xycoords=("axes fraction", "data"),
+                xytext=(-4, 0),
+                textcoords="offset points",
+                ha="right",
+                va="center",
+                fontsize=6,
+                rotation=90,
+            )
+        ax.set_title(title, fontsize=10)
+        return save_figure(fig, path, footer=footer)
     finally:
         plt.close(fig)

@@ -189,7 +189,8 @@ class RankResult:
             band=self.rule.get("band"),
             exclude_above=self.rule.get("exclude_identity"),
             chosen=self.selection.scores,
-            title=f"{Path(self.target).name}: {self.describe_rule()}",
+            title=f"pool {Path(self.pool.root).name}/ vs target {Path(self.target).name}: {self.describe_rule()}",
+            footer=[self.signature],
         )
 
     def save(self, out_dir: PathLike, *, max_faces: int = 24) -> dict[str, Path]:

@@ -4,7 +4,8 @@ The default recipe is made for small sets of your own judgments (BatchNorm stati
 12 epochs, the best kept by validation); --recipe paper is the PerFace paper's setting for
 SimCelebA (BatchNorm trained, up to 30 epochs, early stopping). Explicit flags override either.
 Several GPUs: torchrun --nproc_per_node=N -m perface.train ... (the batch size is per process).
-Exit codes: 0 done, 1 failed (e.g. no usable images), 2 usage, 130 interrupted.
+Exit codes: 0 done, 1 some or all triplets failed (unusable images: the checkpoint is trained on
+the rest) or an error stopped training, 2 usage, 130 interrupted (see docs/cli.md).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import json
 import sys
 from typing import Any, Optional
 
-from ..commands import add_quiet, make_parser, run_command
+from ..commands import add_quiet, device_type, input_failures, make_parser, model_type, run_command
 from .config import CHOICES, RECIPES, TrainConfig
 
 PROG = "python -m perface.train"
@@ -67,10 +68,10 @@ _HELP: dict[str, str] = {
     "crops to the initialization's template first",
     "patience": "stop after this many epochs without validation gain, 0 = never (" + _recipe("patience") + ")",
     "seed": "seed of the split, the shuffling and the augmentation",
-    "workers": "processes decoding the images (once, before the first epoch); 0 = in this process",
+    "workers": "worker processes decoding the images (and finding their faces); 0 = in this process",
     "amp": "mixed precision on CUDA: auto (bf16 where supported, else fp16), off, bf16, fp16",
     "compile": "torch.compile the network (pays on a GPU for long runs; see benchmarks/gpu_check.py)",
-    "device": "auto (the GPU of this process if any, else cpu), cpu, cuda, cuda:1 ...",
+    "device": "where the network runs: auto (cuda:$LOCAL_RANK if CUDA is available, else cpu), cpu, cuda, cuda:1 ...",
     "eval_batch_size": "triplets per evaluation batch",
     "max_steps": "stop after this many optimizer steps (smoke tests, timing); default: no limit",
     "log_every": "write the training loss to log.jsonl every N steps",
@@ -101,12 +102,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(
             flag,
             dest=f.name,
-            type=kind,
+            type={"device": device_type, "init": model_type}.get(f.name, kind),
             required=required,
             choices=CHOICES.get(f.name),
             default=None if required else f.default,
             help=_HELP[f.name],
-            metavar=None if f.name in CHOICES else f.name.upper(),
+            metavar=None if f.name in CHOICES else ("N" if kind is int else f.name.upper()),
         )
     add_quiet(parser)
     parser.add_argument("--json", action="store_true", help="print the training summary as JSON instead of text")
@@ -143,7 +144,10 @@ def run(args: argparse.Namespace) -> int:
     values = {k: v for k, v in vars(args).items() if k in knobs}
     summary = train(TrainConfig(progress=not args.quiet, **values))
     print(json.dumps(summary, indent=2) if args.json else _report(summary))
-    return 0
+    counts = summary.get("counts") or {}
+    skipped = int(counts.get("skipped_unreadable", 0))
+    where = f"in {args.missing_list}" if args.missing_list else "summarized above; --missing-list FILE lists them all"
+    return input_failures(PROG, skipped, skipped + int(counts.get("loaded", 0)), "triplets", where)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -214,26 +214,25 @@ def _interrupt(*args, **kwargs):
 
 
 def test_interrupted_commands_exit_130_with_one_line(capsys, monkeypatch, tmp_path, triplet_csv):
-    import perface.embedding
-    import perface.hub
-    import perface.model
-
-    monkeypatch.setattr(perface.model.PerFace, "__init__", _interrupt)
-    monkeypatch.setattr(perface.embedding, "get_metric", _interrupt)
-    monkeypatch.setattr(perface.hub, "weights_status", _interrupt)
-    monkeypatch.setattr(perface.hub, "verify_source", _interrupt)
-    monkeypatch.setattr(perface.hub, "resolve_weights", _interrupt)
-    monkeypatch.setattr(importlib.import_module("perface.annotate.make"), "make_study", _interrupt)
-    monkeypatch.setattr(importlib.import_module("perface.annotate.server"), "serve", _interrupt)
-    monkeypatch.setattr(importlib.import_module("perface.annotate.export"), "export", _interrupt)
-    import perface.commands.download
-    import perface.commands.models
-    import perface.commands.verify
-
-    for module in (perface.commands.download, perface.commands.models, perface.commands.verify):
-        for name in ("weights_status", "verify_source", "resolve_weights"):
-            if hasattr(module, name):
-                monkeypatch.setattr(module, name, _interrupt)
+    # Load every module first: a module imported while a function is patched would keep the patch
+    # (its 'from x import f' binds the patched f) after the test.
+    for name in [*(m for m, _ in COMMANDS.values()), *(m for m, _ in SUBCOMMANDS.values())] + [
+        "perface.annotate.make",
+        "perface.annotate.server",
+        "perface.annotate.export",
+        "perface.ranking.rank",
+        "perface.train.trainer",
+    ]:
+        importlib.import_module(name)
+    module = sys.modules
+    monkeypatch.setattr(module["perface.model"].PerFace, "__init__", _interrupt)  # every model load
+    monkeypatch.setattr(module["perface.embedding"], "_cached_metric", _interrupt)  # models cached by name
+    monkeypatch.setattr(module["perface.commands.models"], "weights_status", _interrupt)
+    monkeypatch.setattr(module["perface.commands.verify"], "verify_source", _interrupt)
+    monkeypatch.setattr(module["perface.commands.download"], "resolve_weights", _interrupt)
+    monkeypatch.setattr(module["perface.annotate.make"], "make_study", _interrupt)
+    monkeypatch.setattr(module["perface.annotate.server"], "serve", _interrupt)
+    monkeypatch.setattr(module["perface.annotate.export"], "export", _interrupt)
     study = tmp_path / "study"
     study.mkdir()
     cases = [

@@ -13,7 +13,7 @@ import perface
 from perface.reference import ReferencePair, ReferenceSet, available, compute_reference, load_reference, reading
 
 REPO = Path(__file__).resolve().parents[1]
-SIG = "perface:0.1.0|model:sface@0f0fbaa2|det:retinaface-mnet025@6797d194|align:detect|tpl:arcface|size:112|prec:fp32"
+SIG = "perface:0.2.0|model:sface@0f0fbaa2|det:retinaface-mnet025@6797d194|align:detect|tpl:arcface|size:112|prec:fp32"
 
 
 def _toy(same=(0.6, 0.7, 0.8, 0.9), different=(0.1, 0.2, 0.3)) -> ReferenceSet:

@@ -257,8 +257,10 @@ def test_interrupted_commands_exit_130_with_one_line(capsys, monkeypatch, tmp_pa
 
 
 def test_ctrl_c_in_a_real_process_exits_130_without_traceback(tmp_path):
-    """A real SIGINT while ``perface matrix`` embeds (after the progress bar appears)."""
-    photos = [OBAMA, OBAMA2, BIDEN] * 30
+    """A real SIGINT while ``perface matrix`` embeds (after the progress bar appears). 600 photos:
+    about 10 s of work on 2 quiet cores, so the run cannot end before the signal even when this
+    test process is starved of CPU while it watches the bar (90 took about 1.6 s)."""
+    photos = [OBAMA, OBAMA2, BIDEN] * 200
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     cmd = [sys.executable, "-m", "perface", "matrix", *photos, "--out", str(tmp_path / "m.png")]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

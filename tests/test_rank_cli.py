@@ -300,9 +300,13 @@ def test_ctrl_c_while_embedding_keeps_progress_and_exits_130(faces_dir, tmp_path
     pool, cache = tmp_path / "pool", tmp_path / "cache"
     pool.mkdir()
     photos = sorted(p for p in faces_dir.iterdir() if p.suffix in (".jpg", ".png"))
+    # 6 distinct versions of each photo (k px cut off the left edge), so the run outlasts the
+    # moment this process notices the first saved chunk even when it is starved of CPU
     for p in photos:
-        shutil.copy(p, pool / p.name)
-    total = len(photos)
+        with Image.open(p) as im:
+            for k in range(6):
+                im.crop((k, 0, im.width, im.height)).save(pool / f"{p.stem}_{k}{p.suffix}")
+    total = len(photos) * 6
     proc = subprocess.Popen(
         perface_cli("embed-pool", str(pool), "--cache", str(cache), "--save-every", "2", "-q"),
         stdout=subprocess.PIPE,

@@ -313,6 +313,7 @@ def test_ctrl_c_while_embedding_keeps_progress_and_exits_130(faces_dir, tmp_path
         stderr=subprocess.PIPE,
         text=True,
         env=dict(os.environ, OMP_NUM_THREADS="1"),
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # not ignored, even under `cmd &`
     )
     deadline = time.monotonic() + 300
     while not list(cache.glob("sface.part-*.safetensors")) and proc.poll() is None and time.monotonic() < deadline:

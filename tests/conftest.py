@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import pytest
@@ -58,3 +59,10 @@ def reference_similarity(a: str, b: str) -> float:
         if {pair["a"], pair["b"]} == {a, b}:
             return pair["similarity"]
     raise KeyError(f"no reference pair {a} / {b}")
+
+
+def default_sigint() -> None:
+    """``preexec_fn`` for a child that must receive Ctrl-C: SIGINT back to its default. A shell's
+    background job (CI scripts run with ``&``) inherits SIGINT ignored, and Python then leaves it
+    ignored, as it should."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

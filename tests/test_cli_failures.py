@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from conftest import default_sigint
 from perface.cli import COMMANDS
 from perface.cli import main as perface_main
 from perface.commands import HelpFormatter, make_parser
@@ -256,12 +257,6 @@ def test_interrupted_commands_exit_130_with_one_line(capsys, monkeypatch, tmp_pa
         assert len(text.strip().splitlines()) == 1, (argv, text)
 
 
-def _default_sigint() -> None:
-    """In the child before exec: SIGINT back to its default. A shell's background job (CI scripts
-    run with ``&``) inherits SIGINT ignored, and Python then leaves it ignored, as it should."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 def test_ctrl_c_in_a_real_process_exits_130_without_traceback(tmp_path):
     """A real SIGINT while ``perface matrix`` embeds (after the progress bar appears). 600 photos:
     about 10 s of work on 2 quiet cores, so the run cannot end before the signal even when this
@@ -270,7 +265,7 @@ def test_ctrl_c_in_a_real_process_exits_130_without_traceback(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     cmd = [sys.executable, "-m", "perface", "matrix", *photos, "--out", str(tmp_path / "m.png")]
     proc = subprocess.Popen(
-        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint
     )
     err = ""
     assert proc.stderr is not None

@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import reference_similarity, sface_signature
+from conftest import default_sigint, reference_similarity, sface_signature
 from perface import cli
 
 OBAMA = {"obama.jpg", "obama2.jpg", "obama3.jpg", "obama2_rgba.png", "obama_partial_face.jpg"}
@@ -313,7 +313,7 @@ def test_ctrl_c_while_embedding_keeps_progress_and_exits_130(faces_dir, tmp_path
         stderr=subprocess.PIPE,
         text=True,
         env=dict(os.environ, OMP_NUM_THREADS="1"),
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # not ignored, even under `cmd &`
+        preexec_fn=default_sigint,
     )
     deadline = time.monotonic() + 300
     while not list(cache.glob("sface.part-*.safetensors")) and proc.poll() is None and time.monotonic() < deadline:
